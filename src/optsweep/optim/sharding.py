@@ -1,0 +1,66 @@
+"""What optimizers need to stay correct when FSDP2 shards their parameters.
+
+Under FSDP2 a parameter and its gradient are DTensors sharded on dim 0 (rows), possibly unevenly. Two kinds
+of optimizer math need care (../shared/docs/platform-notes.md):
+
+- a statistic over the sharded dim (SCALE's RMS over the vocabulary of the embedding): local sum of
+  squares, all_reduce(SUM) over the mesh group, divide by the GLOBAL size - see ``sum_of_squares``;
+- whole-matrix methods (Muon, GaLore, Fira, APOLLO, SWAN): gather the full matrix, compute the update on
+  it, keep this rank's rows - see ``full_tensor`` and ``keep_local``. Every rank computes the same full
+  update (same gradient, same seeded projections), so keeping rows needs no communication.
+
+On plain tensors every function here is the identity, so single-process code pays nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+try:
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+except ImportError:  # torch builds without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard as a plain tensor (the tensor itself when it is not a DTensor)."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole matrix as a plain tensor on every rank (an all-gather for a sharded DTensor)."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def keep_local(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``full``, laid out as ``like`` (a plain tensor, to update ``local(like)``).
+
+    ``full`` must be identical on every rank; no communication happens (src_data_rank=None).
+    """
+    if not is_dtensor(like):
+        return full
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+def sharded_dims(tensor: torch.Tensor) -> set[int]:
+    if not is_dtensor(tensor):
+        return set()
+    return {p.dim for p in tensor.placements if isinstance(p, Shard)}
+
+
+def sum_of_squares(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of squares along ``dim`` (keepdim, fp32) of a plain tensor or of a DTensor's full matrix.
+
+    Returns a plain tensor shaped like this rank's local shard with ``dim`` reduced to 1. When ``dim`` is
+    sharded, the local sums are all-reduced over the mesh so every rank sees the global sum.
+    """
+    shard = local(tensor)
+    sums = shard.float().square().sum(dim=dim, keepdim=True)
+    if dim in sharded_dims(tensor):
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=tensor.device_mesh.get_group())
+    return sums
