@@ -13,6 +13,8 @@ import inspect
 import torch
 from torch import nn
 
+from optsweep.errors import UserError
+
 OPTIMIZERS: dict[str, str] = {
     "adamw": "optsweep.optim.torch_optim:AdamW",
     "adam": "optsweep.optim.torch_optim:Adam",
@@ -28,7 +30,11 @@ OPTIMIZERS: dict[str, str] = {
 }
 
 
-class UnknownOptimizerError(ValueError):
+class UnknownOptimizerError(UserError):
+    pass
+
+
+class UnknownOptionError(UserError):
     pass
 
 
@@ -53,7 +59,7 @@ def build_optimizer(model: nn.Module, name: str, **hyperparameters) -> torch.opt
     cls = optimizer_class(name)
     unknown = set(hyperparameters) - optimizer_options(name)
     if unknown:
-        raise TypeError(
+        raise UnknownOptionError(
             f"optimizer '{name}' has no option {', '.join(sorted(unknown))}: "
             f"its options are {', '.join(sorted(optimizer_options(name)))}"
         )

@@ -1,0 +1,105 @@
+"""MLflow set-up: an embedded sqlite store by default, tags and params a comparison needs, reproducibility.
+
+MLflow 3 refuses its old file store unless told otherwise, and Lightning's MLFlowLogger still defaults to
+it, so the store is ``sqlite:///<repo>/outputs/mlflow.db`` (``conf/logger/mlflow.yaml``). Each run carries:
+- tags: optimizer, model, data, strategy, seed, git commit (and whether the tree was dirty), task;
+- params: the flattened resolved config (Lightning truncates values at 250 characters, so the full
+  resolved config is also an artifact, ``config/resolved.yaml``);
+- artifact ``environment/versions.json``: Python, platform and the versions of the stack's packages.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("torch", "lightning", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
+            "optuna", "mlflow", "torchdata", "optsweep")
+
+
+def git_state(root: str | Path) -> dict[str, str]:
+    """Commit and dirty flag of the checkout at ``root`` ("unknown" outside a git checkout)."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        import torch
+
+        versions["cuda"] = torch.version.cuda or "none"
+    except ImportError:
+        pass
+    return versions
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    choices = _choices(cfg)
+    tags = {
+        "optimizer": str(cfg.optimizer.get("name", choices.get("optimizer", "?"))),
+        "model": str(cfg.model.get("name", choices.get("model", "?"))),
+        "data": str(choices.get("data", cfg.data.get("name", "?"))),
+        "strategy": str(choices.get("strategy", "?")),
+        "seed": str(cfg.seed),
+        "task": str(cfg.task_name),
+    }
+    tags.update(git_state(cfg.paths.root_dir))
+    return tags
+
+
+def run_name(cfg: DictConfig) -> str:
+    return f"{cfg.optimizer.get('name', '?')}-{cfg.model.get('name', '?')}"
+
+
+def flat_params(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as flat ``a.b.c`` keys (hydra internals left out)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = node
+
+    walk("", container)
+    return flat
+
+
+def log_run_context(logger, cfg: DictConfig) -> None:
+    """Params, full resolved config and package versions on the logger's MLflow run."""
+    logger.log_hyperparams(flat_params(cfg))
+    client, run_id = logger.experiment, logger.run_id
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+    client.log_text(run_id, json.dumps(package_versions(), indent=2), "environment/versions.json")
+
+
+def _choices(cfg: DictConfig) -> dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except (ImportError, ValueError):
+        return {}

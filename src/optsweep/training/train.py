@@ -1,0 +1,168 @@
+"""Assemble one run from the resolved config, fit it, return the objective (final validation loss).
+
+The path of a run, top to bottom: validate the config -> budget (accumulation, steps, warmup) -> data ->
+model + optimizer + schedule (LightningModule) -> loggers and callbacks -> Trainer -> evaluate at start ->
+fit -> final evaluation -> objective. A diverged run returns +inf so that sweeps can rank it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from optsweep import tracking
+from optsweep.training.budget import Budget, resolve_budget
+from optsweep.training.callbacks import DivergenceError
+from optsweep.training.module import LlamaLitModule
+from optsweep.training.validate import check_config, check_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    """Processes that will train: devices per node x nodes (devices may be an int, a list or 'auto')."""
+    devices = trainer_cfg.get("devices", 1)
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    if isinstance(devices, str) and devices not in ("auto", "-1"):
+        devices = int(devices) if devices.isdigit() else len([d for d in devices.split(",") if d])
+    if devices in ("auto", -1, "-1"):
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif not isinstance(devices, int):
+        devices = len(devices)
+    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def build_budget(cfg: DictConfig) -> Budget:
+    t = cfg.train
+    return resolve_budget(
+        total_batch_size=t.total_batch_size,
+        micro_batch_size=t.micro_batch_size,
+        world_size=world_size(cfg.trainer),
+        seq_len=cfg.data.seq_len,
+        max_steps=t.max_steps,
+        max_tokens=t.max_tokens,
+        warmup_steps=t.warmup_steps,
+        warmup_ratio=t.warmup_ratio,
+    )
+
+
+def build_strategy(strategy_cfg: DictConfig):
+    """A strategy name Lightning knows (``auto``), or an instance from the group's ``_target_``."""
+    options = OmegaConf.to_container(strategy_cfg, resolve=True)
+    name = options.pop("name", "auto")
+    if "_target_" not in options:
+        return name
+    return instantiate(options)
+
+
+def build_loggers(cfg: DictConfig, parent_run_id: str | None) -> list:
+    loggers = []
+    for key, logger_cfg in (cfg.get("logger") or {}).items():
+        if key == "mlflow":
+            tags = tracking.run_tags(cfg)
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            loggers.append(instantiate(logger_cfg, tags=tags))
+        else:
+            loggers.append(instantiate(logger_cfg))
+    return loggers
+
+
+def _trial_context():
+    try:
+        from optsweep.sweeper import context
+    except ImportError:
+        return None
+    return context.current()
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    path = cfg.train.get("ckpt_path")
+    if path in (None, "", "none"):
+        return None
+    if path == "last":
+        last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
+        return str(last) if last.exists() else None
+    return str(path)
+
+
+def train(cfg: DictConfig) -> float:
+    """Train as configured and return the final validation loss (+inf if the run diverged)."""
+    check_config(cfg)
+    budget = build_budget(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    spec = instantiate(cfg.model)
+    check_vocabulary(spec.vocab_size, datamodule.max_token_id_in_text(), datamodule.tokenizer_name)
+    module = LlamaLitModule(
+        model_spec=spec,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        max_steps=budget.max_steps,
+        warmup_steps=budget.warmup_steps,
+        vocab_size=datamodule.vocab_size,
+        pad_token_id=datamodule.pad_token_id,
+        compile=cfg.train.compile,
+        activation_checkpointing=cfg.train.activation_checkpointing,
+    )
+
+    trial = _trial_context()
+    loggers = build_loggers(cfg, parent_run_id=getattr(trial, "parent_run_id", None))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if trial is not None and getattr(trial, "trial", None) is not None:
+        from optsweep.sweeper.pruning import OptunaPruning
+
+        callbacks.append(OptunaPruning(trial.trial, monitor="val/loss"))
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        strategy=build_strategy(cfg.strategy),
+        logger=loggers or False,
+        callbacks=callbacks,
+        max_steps=budget.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=budget.accumulate_grad_batches,
+        # val_check_interval counts micro batches of the (endless) train stream
+        val_check_interval=cfg.train.eval_every_n_steps * budget.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        enable_progress_bar=True,
+    )
+    mlflow_logger = next((lg for lg in loggers if lg.__class__.__name__ == "MLFlowLogger"), None)
+    if mlflow_logger is not None and trainer.is_global_zero:
+        tracking.log_run_context(mlflow_logger, cfg)
+        if trial is not None:
+            trial.run_id = mlflow_logger.run_id
+    log.info("budget: %s steps x %s sequences (%s micro x %s devices x %s accumulation), %s warmup, %.3g tokens",
+             budget.max_steps, budget.total_batch_size, budget.micro_batch_size, budget.world_size,
+             budget.accumulate_grad_batches, budget.warmup_steps, budget.total_tokens)
+
+    ckpt_path = resume_path(cfg)
+    try:
+        if cfg.train.eval_at_start and ckpt_path is None:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.global_step % cfg.train.eval_every_n_steps:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+    except DivergenceError as error:
+        log.error("%s", error)
+        if trial is not None:
+            trial.failure_reason = str(error)
+        return math.inf
+
+    val_loss = trainer.callback_metrics.get("val/loss")
+    objective = float(val_loss) if val_loss is not None else math.nan
+    if not math.isfinite(objective):
+        if trial is not None:
+            trial.failure_reason = f"final validation loss is {objective}"
+        return math.inf
+    log.info("final val/loss %.4f (ppl %.2f)", objective, math.exp(objective))
+    return objective
