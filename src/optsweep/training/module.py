@@ -34,6 +34,7 @@ class LlamaLitModule(L.LightningModule):
         pad_token_id: int | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        fsdp: dict | None = None,
     ) -> None:
         super().__init__()
         # The factories are Hydra partials; hyperparameters are logged from the resolved config instead.
@@ -61,8 +62,29 @@ class LlamaLitModule(L.LightningModule):
         )
         if self.hparams.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.hparams.fsdp is not None:
+            self._fully_shard(self.hparams.fsdp)
         if self.hparams.compile:
             self.model = torch.compile(self.model)
+
+    def _fully_shard(self, options: dict) -> None:
+        """FSDP2: one ``fully_shard`` per decoder layer, then the root (embedding, final norm, lm_head).
+
+        Parameters become DTensors sharded on dim 0; the optimizers handle that (optim/sharding.py).
+        """
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        kwargs = {"mesh": mesh, "reshard_after_forward": options.get("reshard_after_forward", True)}
+        precision = options.get("mixed_precision")
+        if precision:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=getattr(torch, precision["param_dtype"]),
+                reduce_dtype=getattr(torch, precision.get("reduce_dtype", "float32")),
+            )
+        for layer in self.model.model.layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(self.model, **kwargs)
 
     @property
     def llama(self) -> nn.Module:

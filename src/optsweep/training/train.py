@@ -53,12 +53,19 @@ def build_budget(cfg: DictConfig) -> Budget:
     )
 
 
-def build_strategy(strategy_cfg: DictConfig):
-    """A strategy name Lightning knows (``auto``), or an instance from the group's ``_target_``."""
+def build_strategy(strategy_cfg: DictConfig, world: int):
+    """A strategy name Lightning knows (``auto``), or an instance from the group's ``_target_``.
+
+    FSDP2 is Lightning's ModelParallelStrategy with all ranks data-parallel; the ``fsdp`` block of the
+    strategy config goes to the LightningModule, which applies ``fully_shard`` in ``configure_model``.
+    """
     options = OmegaConf.to_container(strategy_cfg, resolve=True)
     name = options.pop("name", "auto")
+    options.pop("fsdp", None)
     if "_target_" not in options:
         return name
+    if name == "fsdp":
+        options.update(data_parallel_size=world, tensor_parallel_size=1)
     return instantiate(options)
 
 
@@ -113,6 +120,7 @@ def train(cfg: DictConfig) -> float:
         pad_token_id=datamodule.pad_token_id,
         compile=cfg.train.compile,
         activation_checkpointing=cfg.train.activation_checkpointing,
+        fsdp=OmegaConf.to_container(cfg.strategy.fsdp, resolve=True) if "fsdp" in cfg.strategy else None,
     )
 
     trial = _trial_context()
@@ -125,7 +133,7 @@ def train(cfg: DictConfig) -> float:
 
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.strategy),
+        strategy=build_strategy(cfg.strategy, budget.world_size),
         logger=loggers or False,
         callbacks=callbacks,
         max_steps=budget.max_steps,
