@@ -26,6 +26,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from optsweep.training.checkpointing import Interrupted
     from optsweep.training.train import train
 
     print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -37,6 +38,9 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"\nerror: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as interrupted:  # SIGTERM / Ctrl-C: checkpoint saved, run marked KILLED
+        print(f"\n{interrupted}", file=sys.stderr)
+        sys.exit(128 + interrupted.signum)
 
 
 if __name__ == "__main__":

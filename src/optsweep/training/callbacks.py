@@ -137,7 +137,11 @@ class DivergenceGuard(L.Callback):
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self._last_loss = torch.where(bad, self._last_loss, loss) if self._last_loss is not None else loss
         step = trainer.global_step
-        if step % self.check_every_n_steps == 0 or step >= trainer.max_steps:
+        checkpoint = trainer.checkpoint_callback
+        every_ckpt = getattr(checkpoint, "_every_n_train_steps", 0) or 0
+        # Also check right before every checkpoint, so a diverged state is never saved as the last good one.
+        if (step % self.check_every_n_steps == 0 or step >= trainer.max_steps
+                or (every_ckpt and step % every_ckpt == 0)):
             self.check(trainer)
 
     def check(self, trainer) -> None:

@@ -35,10 +35,13 @@ class LlamaLitModule(L.LightningModule):
         compile: bool = False,
         activation_checkpointing: bool = False,
         fsdp: dict | None = None,
+        run_meta: dict | None = None,
     ) -> None:
         super().__init__()
         # The factories are Hydra partials; hyperparameters are logged from the resolved config instead.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "model_spec"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "model_spec", "run_meta"], logger=False)
+        # optimizer, model, seed, MLflow run id: checked and reused when a run resumes
+        self.run_meta = dict(run_meta or {})
         self.model_spec = model_spec
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -209,6 +212,7 @@ class LlamaLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["optsweep"] = dict(self.run_meta)
         checkpoint["optsweep_counters"] = {
             "tokens_seen": int(self.tokens_seen),
             "tokens_seen_nonpad": int(self.tokens_seen_nonpad.item()),

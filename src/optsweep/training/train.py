@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from optsweep import tracking
 from optsweep.training.budget import Budget, resolve_budget
 from optsweep.training.callbacks import DivergenceError
+from optsweep.training.checkpointing import (
+    AtomicCheckpointIO,
+    GracefulShutdown,
+    Interrupted,
+    check_compatible,
+    find_resume_checkpoint,
+    read_checkpoint_meta,
+)
 from optsweep.training.module import LlamaLitModule
 from optsweep.training.validate import check_config, check_vocabulary
 
@@ -69,14 +78,17 @@ def build_strategy(strategy_cfg: DictConfig, world: int):
     return instantiate(options)
 
 
-def build_loggers(cfg: DictConfig, parent_run_id: str | None) -> list:
+def build_loggers(cfg: DictConfig, parent_run_id: str | None, resume_run_id: str | None = None) -> list:
     loggers = []
     for key, logger_cfg in (cfg.get("logger") or {}).items():
         if key == "mlflow":
             tags = tracking.run_tags(cfg)
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
-            loggers.append(instantiate(logger_cfg, tags=tags))
+            logger = instantiate(logger_cfg, tags=tags, run_id=resume_run_id)
+            if resume_run_id:  # continue the interrupted run, shown as running again
+                logger.experiment.update_run(resume_run_id, status="RUNNING")
+            loggers.append(logger)
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers
@@ -90,14 +102,14 @@ def _trial_context():
     return context.current()
 
 
-def resume_path(cfg: DictConfig) -> str | None:
-    path = cfg.train.get("ckpt_path")
-    if path in (None, "", "none"):
-        return None
-    if path == "last":
-        last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
-        return str(last) if last.exists() else None
-    return str(path)
+def archive_old_checkpoints(ckpt_dir: str | Path) -> None:
+    """A fresh run must not mix its checkpoints with an earlier run's: move those aside, never delete."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(ckpt_dir.stat().st_mtime))
+        target = ckpt_dir.with_name(f"{ckpt_dir.name}.{stamp}")
+        ckpt_dir.rename(target)
+        log.info("earlier checkpoints of this run's identity moved to %s", target)
 
 
 def train(cfg: DictConfig) -> float:
@@ -105,6 +117,12 @@ def train(cfg: DictConfig) -> float:
     check_config(cfg)
     budget = build_budget(cfg)
     L.seed_everything(cfg.seed, workers=True)
+
+    ckpt_path = find_resume_checkpoint(cfg.train.get("ckpt_path"), cfg.paths.ckpt_dir)
+    meta = read_checkpoint_meta(ckpt_path) if ckpt_path else {}
+    if ckpt_path:
+        check_compatible(meta, ckpt_path, optimizer=cfg.optimizer.name, model=cfg.model.name)
+        log.info("resuming from %s", ckpt_path)
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -121,11 +139,14 @@ def train(cfg: DictConfig) -> float:
         compile=cfg.train.compile,
         activation_checkpointing=cfg.train.activation_checkpointing,
         fsdp=OmegaConf.to_container(cfg.strategy.fsdp, resolve=True) if "fsdp" in cfg.strategy else None,
+        run_meta={"optimizer": cfg.optimizer.name, "model": cfg.model.name, "seed": cfg.seed},
     )
 
     trial = _trial_context()
-    loggers = build_loggers(cfg, parent_run_id=getattr(trial, "parent_run_id", None))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = build_loggers(cfg, parent_run_id=getattr(trial, "parent_run_id", None),
+                            resume_run_id=meta.get("mlflow_run_id"))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(GracefulShutdown())
     if trial is not None and getattr(trial, "trial", None) is not None:
         from optsweep.sweeper.pruning import OptunaPruning
 
@@ -143,17 +164,21 @@ def train(cfg: DictConfig) -> float:
         val_check_interval=cfg.train.eval_every_n_steps * budget.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         enable_progress_bar=True,
+        plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "fsdp" else None,
     )
     mlflow_logger = next((lg for lg in loggers if lg.__class__.__name__ == "MLFlowLogger"), None)
-    if mlflow_logger is not None and trainer.is_global_zero:
-        tracking.log_run_context(mlflow_logger, cfg)
+    if mlflow_logger is not None:
+        module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
+        if trainer.is_global_zero:
+            tracking.log_run_context(mlflow_logger, cfg)
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
     log.info("budget: %s steps x %s sequences (%s micro x %s devices x %s accumulation), %s warmup, %.3g tokens",
              budget.max_steps, budget.total_batch_size, budget.micro_batch_size, budget.world_size,
              budget.accumulate_grad_batches, budget.warmup_steps, budget.total_tokens)
 
-    ckpt_path = resume_path(cfg)
+    if ckpt_path is None and trainer.is_global_zero:
+        archive_old_checkpoints(cfg.paths.ckpt_dir)
     try:
         if cfg.train.eval_at_start and ckpt_path is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -165,6 +190,11 @@ def train(cfg: DictConfig) -> float:
         if trial is not None:
             trial.failure_reason = str(error)
         return math.inf
+    except Interrupted as interrupted:
+        log.warning("%s", interrupted)
+        if mlflow_logger is not None and trainer.is_global_zero:
+            mlflow_logger.experiment.set_terminated(mlflow_logger.run_id, "KILLED")
+        raise
 
     val_loss = trainer.callback_metrics.get("val/loss")
     objective = float(val_loss) if val_loss is not None else math.nan
