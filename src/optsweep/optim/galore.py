@@ -1,8 +1,8 @@
 """GaLore (Zhao et al. 2024, arXiv 2403.03507): Adam on an SVD-projected gradient of each hidden matrix.
 
-Semantics of the official code (jiaweizzhao/GaLore, Apache-2.0: ``galore_torch/adamw.py``,
-``galore_torch/galore_projector.py``, ``torchrun_main.py``), re-written here (see ``projection`` for the
-shared skeleton):
+Semantics of the official code (jiaweizzhao/GaLore, Apache-2.0: ``galore_torch/adamw.py`` lines 89-146,
+``galore_torch/galore_projector.py`` lines 12-21, 46-51 and 81-93, ``torchrun_main.py`` lines 263-281),
+re-written here (see ``projection`` for the shared skeleton):
 
 - only the weights of ``nn.Linear`` modules under "attn"/"mlp" are projected (role ``hidden``); every
   other parameter gets the same AdamW at the same lr;

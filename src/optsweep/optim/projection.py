@@ -250,4 +250,4 @@ class LowRankAdam(torch.optim.Optimizer):
         param.add_(update, alpha=-step_size(group["lr"], beta1, beta2, step))
         if group["weight_decay"]:
             # after the update and with the plain lr, as in the official code
-            param.mul_(1.0 - group["lr"] * group["weight_decay"])
+            param.add_(param, alpha=-group["lr"] * group["weight_decay"])

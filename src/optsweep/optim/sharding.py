@@ -4,7 +4,8 @@ Under FSDP2 a parameter and its gradient are DTensors sharded on dim 0 (rows), p
 of optimizer math need care (../shared/docs/platform-notes.md):
 
 - a statistic over the sharded dim (SCALE's RMS over the vocabulary of the embedding): local sum of
-  squares, all_reduce(SUM) over the mesh group, divide by the GLOBAL size - see ``sum_of_squares``;
+  squares, all_reduce(SUM) over the mesh group, divide by the GLOBAL size - see ``sum_of_squares`` (or
+  ``all_reduce_sharded`` to finish a local sum computed some other way);
 - whole-matrix methods (Muon, GaLore, Fira, APOLLO, SWAN): gather the full matrix, compute the update on
   it, keep this rank's rows - see ``full_tensor`` and ``keep_local``. Every rank computes the same full
   update (same gradient, same seeded projections), so keeping rows needs no communication.
@@ -13,6 +14,8 @@ On plain tensors every function here is the identity, so single-process code pay
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,14 +56,33 @@ def sharded_dims(tensor: torch.Tensor) -> set[int]:
     return {p.dim for p in tensor.placements if isinstance(p, Shard)}
 
 
-def sum_of_squares(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+def _as_dims(dim: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(d % ndim if ndim else d for d in dims)
+
+
+def all_reduce_sharded(sums: torch.Tensor, tensor: torch.Tensor, dim: int | Sequence[int]) -> torch.Tensor:
+    """Turn this rank's sum over ``dim`` of ``local(tensor)`` into the sum over the full matrix, in place.
+
+    Only the mesh dimensions that shard one of the reduced dims take part (one all_reduce each), so a
+    2-D mesh (replicate x shard, HSDP) reduces over the shard group only. Returns ``sums``.
+    """
+    if not is_dtensor(tensor):
+        return sums
+    reduced = set(_as_dims(dim, tensor.ndim))
+    for mesh_dim, placement in enumerate(tensor.placements):
+        if isinstance(placement, Shard) and placement.dim in reduced:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=tensor.device_mesh.get_group(mesh_dim))
+    return sums
+
+
+def sum_of_squares(tensor: torch.Tensor, dim: int | Sequence[int]) -> torch.Tensor:
     """Sum of squares along ``dim`` (keepdim, fp32) of a plain tensor or of a DTensor's full matrix.
 
     Returns a plain tensor shaped like this rank's local shard with ``dim`` reduced to 1. When ``dim`` is
-    sharded, the local sums are all-reduced over the mesh so every rank sees the global sum.
+    sharded, the local sums are all-reduced over the mesh so every rank sees the global sum. ``dim`` may
+    also be a tuple of dims.
     """
     shard = local(tensor)
     sums = shard.float().square().sum(dim=dim, keepdim=True)
-    if dim in sharded_dims(tensor):
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=tensor.device_mesh.get_group())
-    return sums
+    return all_reduce_sharded(sums, tensor, dim)

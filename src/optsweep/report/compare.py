@@ -45,22 +45,56 @@ def default_tracking_uri() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", action="append", metavar="NAME",
-                        help="MLflow experiment (repeatable; default: every experiment), e.g. quickstart")
-    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs with this tag value (repeatable, all must hold), e.g. data=sample")
-    parser.add_argument("--model", action="append", metavar="NAME", help="keep only these models (tag model; repeatable), e.g. llama_tiny")
-    parser.add_argument("--optimizer", action="append", metavar="NAME",
-                        help="keep only these optimizers (tag optimizer; repeatable)")
-    parser.add_argument("--status", nargs="+", default=list(DEFAULT_STATUSES), metavar="STATUS",
-                        help="run statuses kept (default FINISHED; e.g. --status FINISHED RUNNING, or ALL)")
-    parser.add_argument("--select", choices=("latest", "best"), default="latest",
-                        help="which run stands for an optimizer x model: the latest, or the lowest perplexity")
-    parser.add_argument("--ppl", choices=("token", "paper"), default="token",
-                        help="perplexity shown and plotted: token-weighted (val/ppl) or the paper's estimator "
-                             "(val/ppl_paper)")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
-                                               "sqlite:///<repo>/outputs/mlflow.db)")
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        metavar="NAME",
+        help="MLflow experiment (repeatable; default: every experiment), e.g. quickstart",
+    )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs with this tag value (repeatable, all must hold), e.g. data=sample",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="keep only these models (tag model; repeatable), e.g. llama_tiny",
+    )
+    parser.add_argument(
+        "--optimizer",
+        action="append",
+        metavar="NAME",
+        help="keep only these optimizers (tag optimizer; repeatable)",
+    )
+    parser.add_argument(
+        "--status",
+        nargs="+",
+        default=list(DEFAULT_STATUSES),
+        metavar="STATUS",
+        help="run statuses kept (default FINISHED; e.g. --status FINISHED RUNNING, or ALL)",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("latest", "best"),
+        default="latest",
+        help="which run stands for an optimizer x model: the latest, or the lowest perplexity "
+        "(after a sweep, 'best' picks the best trial)",
+    )
+    parser.add_argument(
+        "--ppl",
+        choices=("token", "paper"),
+        default="token",
+        help="perplexity shown and plotted: token-weighted (val/ppl) or the paper's estimator "
+        "(val/ppl_paper)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/outputs/mlflow.db)",
+    )
     parser.add_argument("--out", help="output folder (default: <repo>/outputs/reports/<timestamp>)")
     parser.add_argument("--no-log", action="store_true", help="do not log a summary run to MLflow")
     parser.add_argument("--list", action="store_true", help="list experiments and their runs, then stop")
@@ -98,8 +132,10 @@ def _client(tracking_uri: str):
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():  # MLflow would silently create an empty store
-            raise NoRunsError(f"no MLflow store at {path}: train first (python run.py experiment=quickstart) or "
-                              f"pass --tracking-uri")
+            raise NoRunsError(
+                f"no MLflow store at {path}: train first (python run.py experiment=quickstart) or "
+                f"pass --tracking-uri"
+            )
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -111,8 +147,10 @@ def _experiments(client, names: Sequence[str] | None, tracking_uri: str) -> list
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-            raise NoRunsError(f"no experiment named '{name}' in {tracking_uri} (experiments: {known}); list them "
-                              f"with: python -m optsweep.report compare --list --tracking-uri {tracking_uri}")
+            raise NoRunsError(
+                f"no experiment named '{name}' in {tracking_uri} (experiments: {known}); list them "
+                f"with: python -m optsweep.report compare --list --tracking-uri {tracking_uri}"
+            )
         found.append(experiment)
     return found
 
@@ -131,15 +169,24 @@ def _all_runs(client, experiments: list) -> list:
 
 def _record(run, experiment_names: dict[str, str]) -> RunRecord:
     return RunRecord(
-        run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id[:8],
-        experiment_id=run.info.experiment_id, experiment=experiment_names[run.info.experiment_id],
-        status=run.info.status, start_time=run.info.start_time or 0, tags=dict(run.data.tags),
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id[:8],
+        experiment_id=run.info.experiment_id,
+        experiment=experiment_names[run.info.experiment_id],
+        status=run.info.status,
+        start_time=run.info.start_time or 0,
+        tags=dict(run.data.tags),
         metrics=dict(run.data.metrics),
     )
 
 
-def find_runs(client, experiment_names: Sequence[str] | None, tags: dict[str, str], statuses: Sequence[str],
-              tracking_uri: str) -> tuple[list[RunRecord], list[str]]:
+def find_runs(
+    client,
+    experiment_names: Sequence[str] | None,
+    tags: dict[str, str],
+    statuses: Sequence[str],
+    tracking_uri: str,
+) -> tuple[list[RunRecord], list[str]]:
     """Runs passing every filter, and notes on what the filters left out.
 
     Raises NoRunsError naming the first filter that left nothing.
@@ -147,7 +194,10 @@ def find_runs(client, experiment_names: Sequence[str] | None, tags: dict[str, st
     experiments = _experiments(client, experiment_names, tracking_uri)
     where = ", ".join(f"'{e.name}'" for e in experiments)
     names = {e.experiment_id: e.name for e in experiments}
-    listing = f"list experiments and runs with: python -m optsweep.report compare --list --tracking-uri {tracking_uri}"
+    listing = (
+        f"list experiments and runs with: python -m optsweep.report compare --list "
+        f"--tracking-uri {tracking_uri}"
+    )
     runs = [_record(r, names) for r in _all_runs(client, experiments)]
     if not runs:
         raise NoRunsError(f"experiment(s) {where} hold no runs in {tracking_uri}; {listing}")
@@ -166,9 +216,24 @@ def find_runs(client, experiment_names: Sequence[str] | None, tags: dict[str, st
             counts = _counts(r.status for r in left)
             notes.append(f"skipped {len(left)} run(s) not {'/'.join(sorted(wanted))}: {counts}")
         if not runs:
-            raise NoRunsError(f"{len(left)} run(s) match in {where} but none is {'/'.join(sorted(wanted))} "
-                              f"({_counts(r.status for r in left)}); pass e.g. --status FINISHED RUNNING, "
-                              f"or {listing}")
+            raise NoRunsError(
+                f"{len(left)} run(s) match in {where} but none is {'/'.join(sorted(wanted))} "
+                f"({_counts(r.status for r in left)}); pass e.g. --status FINISHED RUNNING, "
+                f"or {listing}"
+            )
+    untagged = [r for r in runs if "optimizer" not in r.tags or "model" not in r.tags]
+    if untagged:  # e.g. the parent run of a sweep: its trials are the runs to compare
+        runs = [r for r in runs if r not in untagged]
+        notes.append(
+            f"skipped {len(untagged)} run(s) without optimizer/model tags (sweep parents?): "
+            + ", ".join(r.run_name for r in untagged[:5])
+            + (" ..." if len(untagged) > 5 else "")
+        )
+        if not runs:
+            raise NoRunsError(
+                f"the runs matching in {where} carry no optimizer/model tags (not training runs of "
+                f"this project?); {listing}"
+            )
     return runs, notes
 
 
@@ -230,17 +295,28 @@ def table_rows(selected: Sequence[tuple[RunRecord, int]]) -> list[Row]:
         m = record.metrics
         throughput = [v for _, v in record.history.get(THROUGHPUT, [])]
         val = record.history.get(VAL_LOSS, [])
-        rows.append(Row(
-            optimizer=record.optimizer, model=record.model, val_ppl=m.get(VAL_PPL),
-            val_ppl_paper=m.get(VAL_PPL_PAPER), val_loss=m.get(VAL_LOSS),
-            steps=val[-1][0] if val else None, tokens=m.get(TOKENS), tokens_nonpad=m.get(TOKENS_NONPAD),
-            state_bytes=m.get(STATE_BYTES), model_optimizer_bytes=m.get(MODEL_OPTIMIZER_BYTES),
-            peak_bytes=m.get(PEAK_BYTES),
-            # the median over the run: the first steps (compilation, warm caches) do not drag it down
-            tokens_per_s=statistics.median(throughput) if throughput else m.get(THROUGHPUT),
-            params=m.get(PARAMS), runs=count, run_id=record.run_id, run_name=record.run_name,
-            experiment=record.experiment,
-        ))
+        rows.append(
+            Row(
+                optimizer=record.optimizer,
+                model=record.model,
+                val_ppl=m.get(VAL_PPL),
+                val_ppl_paper=m.get(VAL_PPL_PAPER),
+                val_loss=m.get(VAL_LOSS),
+                steps=val[-1][0] if val else None,
+                tokens=m.get(TOKENS),
+                tokens_nonpad=m.get(TOKENS_NONPAD),
+                state_bytes=m.get(STATE_BYTES),
+                model_optimizer_bytes=m.get(MODEL_OPTIMIZER_BYTES),
+                peak_bytes=m.get(PEAK_BYTES),
+                # the median over the run: the first steps (compilation, warm caches) do not drag it down
+                tokens_per_s=statistics.median(throughput) if throughput else m.get(THROUGHPUT),
+                params=m.get(PARAMS),
+                runs=count,
+                run_id=record.run_id,
+                run_name=record.run_name,
+                experiment=record.experiment,
+            )
+        )
     rows.sort(key=lambda r: (r.params or 0, r.model, _or_inf(r.val_ppl)))
     return rows
 
@@ -250,9 +326,9 @@ def _or_inf(value: float | None) -> float:
 
 
 def memory_unit(rows: Sequence[Row]) -> tuple[str, float]:
-    """GB for the paper's sizes; MB when every model + optimizer is under 0.1 GB (tiny CPU models)."""
-    largest = max((r.model_optimizer_bytes or 0) for r in rows) if rows else 0
-    return ("GB", 1e9) if largest >= 1e8 else ("MB", 1e6)
+    from optsweep.report.plots import memory_unit as unit_for
+
+    return unit_for(max((r.model_optimizer_bytes or 0) for r in rows) if rows else 0)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -272,26 +348,71 @@ def render_markdown_table(rows: Sequence[Row], ppl_key: str) -> str:
     unit, scale = memory_unit(rows)
     main_ppl = "val ppl (paper est.)" if ppl_key == VAL_PPL_PAPER else "val ppl"
     other_ppl = "val ppl" if ppl_key == VAL_PPL_PAPER else "val ppl (paper est.)"
-    header = ["optimizer", "model", main_ppl, other_ppl, "val loss", "steps", "tokens", "non-pad tokens",
-              f"optimizer state ({unit})", f"model + optimizer ({unit})", f"peak ({unit})", "tokens/s", "runs",
-              "run"]
+    header = [
+        "optimizer",
+        "model",
+        main_ppl,
+        other_ppl,
+        "val loss",
+        "steps",
+        "tokens",
+        "non-pad tokens",
+        f"optimizer state ({unit})",
+        f"model + optimizer ({unit})",
+        f"peak ({unit})",
+        "tokens/s",
+        "runs",
+        "run",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        main, other = (r.val_ppl_paper, r.val_ppl) if ppl_key == VAL_PPL_PAPER else (r.val_ppl, r.val_ppl_paper)
-        lines.append("| " + " | ".join([
-            r.optimizer, r.model, _fmt(main, ".2f"), _fmt(other, ".2f"), _fmt(r.val_loss, ".4f"),
-            _fmt(r.steps, "d"), _tokens(r.tokens), _tokens(r.tokens_nonpad),
-            _fmt(None if r.state_bytes is None else r.state_bytes / scale, ".3f"),
-            _fmt(None if r.model_optimizer_bytes is None else r.model_optimizer_bytes / scale, ".3f"),
-            _fmt(None if r.peak_bytes is None else r.peak_bytes / scale, ".3f"),
-            _fmt(r.tokens_per_s, ",.0f"), str(r.runs), f"{r.run_name} ({r.run_id[:8]})",
-        ]) + " |")
+        main, other = (
+            (r.val_ppl_paper, r.val_ppl) if ppl_key == VAL_PPL_PAPER else (r.val_ppl, r.val_ppl_paper)
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.optimizer,
+                    r.model,
+                    _fmt(main, ".2f"),
+                    _fmt(other, ".2f"),
+                    _fmt(r.val_loss, ".4f"),
+                    _fmt(r.steps, "d"),
+                    _tokens(r.tokens),
+                    _tokens(r.tokens_nonpad),
+                    _fmt(None if r.state_bytes is None else r.state_bytes / scale, ".3f"),
+                    _fmt(None if r.model_optimizer_bytes is None else r.model_optimizer_bytes / scale, ".3f"),
+                    _fmt(None if r.peak_bytes is None else r.peak_bytes / scale, ".3f"),
+                    _fmt(r.tokens_per_s, ",.0f"),
+                    str(r.runs),
+                    f"{r.run_name} ({r.run_id[:8]})",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("optimizer", "model", "val_ppl", "val_ppl_paper", "val_loss", "steps", "tokens", "tokens_nonpad",
-              "optimizer_state_gb", "model_optimizer_gb", "peak_gb", "tokens_per_s", "params", "runs", "run_id",
-              "run_name", "experiment")
+CSV_FIELDS = (
+    "optimizer",
+    "model",
+    "val_ppl",
+    "val_ppl_paper",
+    "val_loss",
+    "steps",
+    "tokens",
+    "tokens_nonpad",
+    "optimizer_state_gb",
+    "model_optimizer_gb",
+    "peak_gb",
+    "tokens_per_s",
+    "params",
+    "runs",
+    "run_id",
+    "run_name",
+    "experiment",
+)
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> Path:
@@ -299,13 +420,27 @@ def write_csv(rows: Sequence[Row], path: Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            writer.writerow({
-                "optimizer": r.optimizer, "model": r.model, "val_ppl": r.val_ppl, "val_ppl_paper": r.val_ppl_paper,
-                "val_loss": r.val_loss, "steps": r.steps, "tokens": r.tokens, "tokens_nonpad": r.tokens_nonpad,
-                "optimizer_state_gb": _gb(r.state_bytes), "model_optimizer_gb": _gb(r.model_optimizer_bytes),
-                "peak_gb": _gb(r.peak_bytes), "tokens_per_s": r.tokens_per_s, "params": r.params, "runs": r.runs,
-                "run_id": r.run_id, "run_name": r.run_name, "experiment": r.experiment,
-            })
+            writer.writerow(
+                {
+                    "optimizer": r.optimizer,
+                    "model": r.model,
+                    "val_ppl": r.val_ppl,
+                    "val_ppl_paper": r.val_ppl_paper,
+                    "val_loss": r.val_loss,
+                    "steps": r.steps,
+                    "tokens": r.tokens,
+                    "tokens_nonpad": r.tokens_nonpad,
+                    "optimizer_state_gb": _gb(r.state_bytes),
+                    "model_optimizer_gb": _gb(r.model_optimizer_bytes),
+                    "peak_gb": _gb(r.peak_bytes),
+                    "tokens_per_s": r.tokens_per_s,
+                    "params": r.params,
+                    "runs": r.runs,
+                    "run_id": r.run_id,
+                    "run_name": r.run_name,
+                    "experiment": r.experiment,
+                }
+            )
     return path
 
 
@@ -327,30 +462,38 @@ def tokens_at(steps: Sequence[int], tokens_history: Sequence[tuple[int, float]])
     return [float(np.interp(s, xs, ys)) if s <= xs[-1] else float(s * per_step) for s in steps]
 
 
-def write_plots(rows: Sequence[Row], selected: Sequence[tuple[RunRecord, int]], out: Path, ppl_key: str,
-                title: str) -> tuple[list[Path], list[str]]:
+def write_plots(
+    rows: Sequence[Row], selected: Sequence[tuple[RunRecord, int]], out: Path, ppl_key: str, title: str
+) -> tuple[list[Path], list[str]]:
     from optsweep.report import plots
 
     notes, paths = [], []
-    unit, scale = memory_unit(rows)
-    ppl_label = ("validation perplexity (paper's estimator)" if ppl_key == VAL_PPL_PAPER
-                 else "validation perplexity (token-weighted)")
+    ppl_label = (
+        "validation perplexity (paper's estimator)"
+        if ppl_key == VAL_PPL_PAPER
+        else "validation perplexity (token-weighted)"
+    )
     points = []
     for r in rows:
         value = r.val_ppl_paper if ppl_key == VAL_PPL_PAPER else r.val_ppl
         if value is None or r.model_optimizer_bytes is None:
-            notes.append(f"{r.optimizer} {r.model} ({r.run_id[:8]}) is not on the Pareto plot: it logged no "
-                         f"{'perplexity' if value is None else MODEL_OPTIMIZER_BYTES}")
+            notes.append(
+                f"{r.optimizer} {r.model} ({r.run_id[:8]}) is not on the Pareto plot: it logged no "
+                f"{'perplexity' if value is None else MODEL_OPTIMIZER_BYTES}"
+            )
             continue
-        points.append(plots.ParetoPoint(r.optimizer, r.model, r.model_optimizer_bytes / scale, value))
+        points.append(plots.ParetoPoint(r.optimizer, r.model, r.model_optimizer_bytes, value))
     if points:
-        paths.append(plots.pareto_plot(points, out / "pareto.png", unit, ppl_label,
-                                       f"Perplexity against memory: {title}"))
+        paths.append(
+            plots.pareto_plot(points, out / "pareto.png", ppl_label, f"Perplexity against memory: {title}")
+        )
     curves, have_tokens = [], all(TOKENS in rec.history for rec, _ in selected)
     for record, _ in selected:
         val = record.history.get(VAL_LOSS)
         if not val:
-            notes.append(f"{record.optimizer} {record.model} ({record.run_id[:8]}) logged no {VAL_LOSS} history")
+            notes.append(
+                f"{record.optimizer} {record.model} ({record.run_id[:8]}) logged no {VAL_LOSS} history"
+            )
             continue
         steps = [s for s, _ in val]
         x = tokens_at(steps, record.history[TOKENS]) if have_tokens else [float(s) for s in steps]
@@ -359,8 +502,9 @@ def write_plots(rows: Sequence[Row], selected: Sequence[tuple[RunRecord, int]], 
         x_label = "tokens seen (nominal, padding included)" if have_tokens else "optimizer step"
         if not have_tokens:
             notes.append(f"some runs logged no {TOKENS}: loss curves are drawn against optimizer steps")
-        paths.append(plots.loss_curves_plot(curves, out / "val_loss.png", x_label,
-                                            f"Validation loss: {title}"))
+        paths.append(
+            plots.loss_curves_plot(curves, out / "val_loss.png", x_label, f"Validation loss: {title}")
+        )
     return paths, notes
 
 
@@ -385,10 +529,14 @@ def log_summary(client, experiment_id: str, out: Path, params: dict[str, str]) -
 def list_store(client, tracking_uri: str) -> str:
     lines = [f"MLflow store: {tracking_uri}"]
     for experiment in client.search_experiments():
-        runs = [_record(r, {experiment.experiment_id: experiment.name}) for r in _all_runs(client, [experiment])]
+        runs = [
+            _record(r, {experiment.experiment_id: experiment.name}) for r in _all_runs(client, [experiment])
+        ]
         pairs = sorted({f"{r.optimizer}/{r.model}" for r in runs})
-        lines.append(f"- {experiment.name}: {len(runs)} run(s) ({_counts(r.status for r in runs) or 'none'})"
-                     + (f"; optimizer/model: {', '.join(pairs)}" if pairs else ""))
+        lines.append(
+            f"- {experiment.name}: {len(runs)} run(s) ({_counts(r.status for r in runs) or 'none'})"
+            + (f"; optimizer/model: {', '.join(pairs)}" if pairs else "")
+        )
     return "\n".join(lines)
 
 
@@ -434,8 +582,10 @@ def build_report(
             kept = [r for r in records if r.tags.get(tag) in set(wanted)]
             if not kept:
                 seen = ", ".join(sorted({r.tags.get(tag, "?") for r in records}))
-                raise NoRunsError(f"no matching run has {tag} {' or '.join(wanted)} ({tag}s seen: {seen}); list "
-                                  f"runs with: python -m optsweep.report compare --list --tracking-uri {tracking_uri}")
+                raise NoRunsError(
+                    f"no matching run has {tag} {' or '.join(wanted)} ({tag}s seen: {seen}); list "
+                    f"runs with: python -m optsweep.report compare --list --tracking-uri {tracking_uri}"
+                )
             records = kept
     selected = select_runs(records, select, ppl_key)
     for record, _ in selected:
@@ -446,25 +596,35 @@ def build_report(
     out = Path(out) if out else repo_root() / "outputs" / "reports" / stamp
     out.mkdir(parents=True, exist_ok=True)
     experiments_seen = sorted({r.experiment for r, _ in selected})
-    title = ", ".join(experiments_seen) + (f" ({', '.join(f'{k}={v}' for k, v in tags.items())})" if tags else "")
+    title = ", ".join(experiments_seen) + (
+        f" ({', '.join(f'{k}={v}' for k, v in tags.items())})" if tags else ""
+    )
     write_csv(rows, out / "runs.csv")
     plot_files, plot_notes = write_plots(rows, selected, out, ppl_key, title)
     notes += plot_notes
-    rule = ("the latest started" if select == "latest" else f"the one with the lowest final {ppl_key}")
+    rule = "the latest started" if select == "latest" else f"the one with the lowest final {ppl_key}"
+    main_ppl = "val ppl (paper est.)" if ppl_key == VAL_PPL_PAPER else "val ppl"
     statuses_text = "any status" if any(s.upper() == "ALL" for s in statuses) else "/".join(statuses)
     lines = [
-        f"# Run comparison: {title}", "",
+        f"# Run comparison: {title}",
+        "",
         f"- MLflow store: `{tracking_uri}`; experiment(s): {', '.join(experiments_seen)}",
         f"- filters: {', '.join(f'{k}={v}' for k, v in tags.items()) or 'none'}"
         + (f"; models {', '.join(models)}" if models else "")
-        + (f"; optimizers {', '.join(optimizers)}" if optimizers else "") + f"; status {statuses_text}",
+        + (f"; optimizers {', '.join(optimizers)}" if optimizers else "")
+        + f"; status {statuses_text}",
         f"- one run per optimizer x model: {rule} of the {statuses_text} runs ('runs' counts the candidates)",
-        f"- perplexities are final values; '{'val ppl (paper est.)' if ppl_key == VAL_PPL_PAPER else 'val ppl'}' "
-        "(the plotted one) and the other estimator side by side (token-weighted exp(mean loss over non-pad "
-        "tokens), and the paper's mean of batch losses over (batches + 1))",
-        "- memory as each run measured it, at the dtypes it trained in (fp32 on CPU, bf16 for the paper's "
-        "runs); GB = 1e9 bytes, MB = 1e6 bytes; tokens/s: median over the run",
-        f"- written {dt.datetime.now().isoformat(timespec='seconds')}", "",
+        (
+            f"- perplexities are final values; '{main_ppl}' (the plotted one) beside the other estimator "
+            "(token-weighted: exp of the mean loss over non-pad tokens; the paper's: mean of batch losses "
+            "over (batches + 1))"
+        ),
+        (
+            "- memory as each run measured it, at the dtypes it trained in (fp32 on CPU, bf16 for the "
+            "paper's runs); GB = 1e9 bytes, MB = 1e6 bytes; tokens/s: median over the run"
+        ),
+        f"- written {dt.datetime.now().isoformat(timespec='seconds')}",
+        "",
         render_markdown_table(rows, ppl_key),
     ]
     for path in plot_files:
@@ -477,11 +637,20 @@ def build_report(
     summary = None
     if log:
         experiment_id = _summary_experiment(selected, experiments)
-        summary = log_summary(client, experiment_id, out, {
-            "tracking_uri": tracking_uri, "experiments": ",".join(experiments_seen),
-            "tags": ",".join(f"{k}={v}" for k, v in tags.items()), "select": select, "ppl": ppl_key,
-            "statuses": statuses_text, "runs": ",".join(r.run_id for r, _ in selected),
-        })
+        summary = log_summary(
+            client,
+            experiment_id,
+            out,
+            {
+                "tracking_uri": tracking_uri,
+                "experiments": ",".join(experiments_seen),
+                "tags": ",".join(f"{k}={v}" for k, v in tags.items()),
+                "select": select,
+                "ppl": ppl_key,
+                "statuses": statuses_text,
+                "runs": ",".join(r.run_id for r, _ in selected),
+            },
+        )
     return Report(out=out, rows=rows, files=files, summary_run_id=summary, notes=notes)
 
 
@@ -503,9 +672,15 @@ def main(args: argparse.Namespace) -> int:
         print(list_store(_client(tracking_uri), tracking_uri))
         return 0
     report = build_report(
-        tracking_uri=tracking_uri, experiments=args.experiment, tags=parse_tags(args.tag),
-        optimizers=args.optimizer, models=args.model,
-        statuses=args.status, select=args.select, ppl=args.ppl, out=Path(args.out) if args.out else None,
+        tracking_uri=tracking_uri,
+        experiments=args.experiment,
+        tags=parse_tags(args.tag),
+        optimizers=args.optimizer,
+        models=args.model,
+        statuses=args.status,
+        select=args.select,
+        ppl=args.ppl,
+        out=Path(args.out) if args.out else None,
         log=not args.no_log,
     )
     print(render_markdown_table(report.rows, VAL_PPL_PAPER if args.ppl == "paper" else VAL_PPL))

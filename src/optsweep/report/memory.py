@@ -4,7 +4,9 @@ For each optimizer x model, the model is built on the meta device (shapes only: 
 optimizer is built the way a training run builds it (``conf/optimizer/<name>.yaml`` with
 ``conf/paper/hparams/<name>_<model>.yaml`` on top, composed by Hydra and instantiated, then completed with
 the model), every parameter gets a meta gradient and the optimizer takes ONE step, which creates its lazy
-state. Three numbers are then shown side by side:
+state. The step runs on a copy of the model with a single decoder layer, whose state stands for every
+layer (they all have the same shapes; ``full_depth`` steps the whole model, same numbers, much slower; see
+``MetaModels``). Three numbers are then shown side by side:
 
 - ``measured``: weights + every state tensor the optimizer actually holds;
 - ``paper rule``: the paper's own accounting (docs/paper-facts.md) applied to the same model's real
@@ -21,8 +23,9 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -65,27 +68,68 @@ PAPER_MEMORY_GB: dict[str, dict[str, float]] = {
 # The paper's "Adam" is torch Adam with weight decay 0; AdamW keeps exactly the same two moments.
 PAPER_MEMORY_GB["adamw"] = PAPER_MEMORY_GB["adam"]
 
-# Cells where the paper disagrees with its own accounting or with a real optimizer, and why
-# (docs/paper-facts.md, "How the memory column is computed").
-_ROUNDING = ("the paper's rounding: 3 x params x 2 bytes gives 0.8046 GB at 130M and 8.0345 GB at 1B, "
-             "printed 0.81 and 8.04")
-_LOWRANK_350M = ("the paper's 1.59 at 350M matches no standard rank: rank 256 (the one the method's C4 script "
-                 "uses) gives 1.39, about 384 would give 1.58; the paper's cell is not reproducible")
-_MUON = ("the paper counts one momentum buffer for every parameter (2 x params x 2 bytes); a real Muon keeps "
-         "momentum only for hidden matrices and AdamW's two moments for the embedding, lm_head and norms, "
-         "so the measured state is larger")
-KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
-for _name in ("adam", "adamw", "stable_spam"):
-    KNOWN_DIFFERENCES[(_name, "llama_130m")] = _ROUNDING
-    KNOWN_DIFFERENCES[(_name, "llama_1b")] = _ROUNDING
-for _name in ("galore", "fira", "apollo"):
-    KNOWN_DIFFERENCES[(_name, "llama_350m")] = _LOWRANK_350M
-for _model in PAPER_MODELS:
-    KNOWN_DIFFERENCES[("muon", _model)] = _MUON
+# Why a cell can differ from the paper (docs/paper-facts.md, "How the memory column is computed").
+_ROUNDING = (
+    "the paper's rounding: 3 x params x 2 bytes is 0.8046 GB at 130M and 8.0345 GB at 1B, printed "
+    "0.81 and 8.04"
+)
+_LOWRANK_350M = (
+    "the paper's 1.59 at 350M matches no rank: rank 256 (the C4 scripts' rank at 350M) gives 1.39, "
+    "about 384 would give 1.58; the paper's cell cannot be reproduced"
+)
+_APOLLO_7B = (
+    "the paper's 16.14 (from the APOLLO paper) is near rank 256 counting only the projected moments "
+    "(16.1455); the real optimizer also keeps its rank x smaller-side projector"
+)
+_APOLLO_MINI = (
+    "the paper's accounting leaves out APOLLO-Mini's rank-1 state (per hidden matrix: two moments of "
+    "the larger side and a projection of the smaller side): a few hundred thousand elements that "
+    "carry the measured value over the rounding boundary"
+)
+_MUON = (
+    "the paper counts one buffer for every parameter (2 x params x 2 bytes); a real Muon keeps momentum "
+    "for the hidden matrices and AdamW's two moments for the embedding, lm_head and norms"
+)
+# The rank each low-rank cell of the paper's table corresponds to (projector + two moments per hidden matrix).
+PAPER_MEMORY_RANK = {"llama_60m": 128, "llama_130m": 256, "llama_1b": 512}
+
+
+def explain(name: str, model: str, hparams: dict) -> str:
+    """Why (optimizer, model)'s measured or rule value differs from the paper's cell."""
+    if name in ("adam", "adamw", "stable_spam") and model in ("llama_130m", "llama_1b"):
+        return _ROUNDING
+    if name == "muon":
+        return _MUON
+    if name == "apollo_mini":
+        return _APOLLO_MINI
+    if name in ("galore", "fira", "apollo"):
+        if model == "llama_350m":
+            return _LOWRANK_350M
+        if name == "apollo" and model == "llama_7b":
+            return _APOLLO_7B
+        rank, paper_rank = hparams.get("rank"), PAPER_MEMORY_RANK.get(model)
+        if paper_rank is not None and rank != paper_rank:
+            return (
+                f"the paper's cell is what rank {paper_rank} gives (its memory column repeats GaLore's "
+                f"ranks 128/256/-/512 for GaLore, Fira and APOLLO); this configuration trains at rank {rank}"
+            )
+    return "not explained: compare the hyperparameters with the paper's"
+
 
 # The paper's table order, then anything else the registry knows.
-PAPER_ORDER = ("adam", "adamw", "stable_spam", "muon", "galore", "fira", "swan", "apollo", "apollo_mini",
-               "scale", "sgd")
+PAPER_ORDER = (
+    "adam",
+    "adamw",
+    "stable_spam",
+    "muon",
+    "galore",
+    "fira",
+    "swan",
+    "apollo",
+    "apollo_mini",
+    "scale",
+    "sgd",
+)
 
 
 def default_optimizers() -> list[str]:
@@ -100,7 +144,7 @@ class ModelChoice:
     spec: ModelSpec
     label: str
     settings_name: str | None  # conf/paper/*/<settings_name>.yaml; None for a shape with no such files
-    is_paper_model: bool       # a paper size, unmodified: the paper's number applies
+    is_paper_model: bool  # a paper size, unmodified: the paper's number applies
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,23 +175,34 @@ def parse_model(token: str, conf_dir: Path, vocab_size: int = 32000) -> ModelCho
     allowed = set(inspect.signature(ModelSpec).parameters)
     unknown = set(overrides) - allowed
     if unknown:
-        raise ValueError(f"model '{token}': unknown field(s) {', '.join(sorted(unknown))}; "
-                         f"fields are {', '.join(sorted(allowed))}")
+        raise ValueError(
+            f"model '{token}': unknown field(s) {', '.join(sorted(unknown))}; "
+            f"fields are {', '.join(sorted(allowed))}"
+        )
     fields.update(overrides)
     changed = {k: v for k, v in overrides.items() if k != "name"}
     if "name" not in overrides:
-        fields["name"] = base_name if not changed else ",".join([*bases, *(f"{k}={v}" for k, v in changed.items())])
+        fields["name"] = (
+            base_name if not changed else ",".join([*bases, *(f"{k}={v}" for k, v in changed.items())])
+        )
     notes = []
     if fields.get("vocab_size") is None:
         fields["vocab_size"] = vocab_size
-        notes.append(f"{fields['name']}: vocab_size is the tokenizer's in its config; {vocab_size} assumed "
-                     f"(--vocab-size)")
+        notes.append(
+            f"{fields['name']}: vocab_size is the tokenizer's in its config; {vocab_size} assumed "
+            f"(--vocab-size)"
+        )
     try:
         spec = ModelSpec(**fields)
     except TypeError as error:
         raise ValueError(f"model '{token}': {error}") from None
-    return ModelChoice(spec=spec, label=spec.name, settings_name=base_name,
-                       is_paper_model=base_name in PAPER_MODELS and not changed, notes=notes)
+    return ModelChoice(
+        spec=spec,
+        label=spec.name,
+        settings_name=base_name,
+        is_paper_model=base_name in PAPER_MODELS and not changed,
+        notes=notes,
+    )
 
 
 def meta_model(spec: ModelSpec) -> torch.nn.Module:
@@ -158,23 +213,99 @@ def meta_model(spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
+_LAYER = re.compile(r"\.layers\.\d+\.")
+
+
+@dataclass
+class MetaModels:
+    """A model on the meta device, and the same shapes with one decoder layer.
+
+    Stepping an optimizer on meta tensors still runs every operation through Python meta kernels (about
+    10 ms per parameter for the projection methods), so a 7B model's 291 tensors would take seconds per
+    optimizer. Every decoder layer has the same shapes and roles, so the state the optimizer keeps for
+    ``layers.0.<x>`` of the one-layer model is what it keeps for ``layers.<i>.<x>`` of the full model;
+    ``full_depth=True`` steps the whole model instead (tests check that both agree).
+    """
+
+    full: torch.nn.Module
+    one_layer: torch.nn.Module | None
+
+    @classmethod
+    def build(cls, spec: ModelSpec, full_depth: bool = False) -> MetaModels:
+        full = meta_model(spec)
+        names = [n for n, _ in full.named_parameters()]
+        shallow = not full_depth and spec.num_hidden_layers > 1 and any(_LAYER.search(n) for n in names)
+        one_layer = meta_model(replace(spec, num_hidden_layers=1)) if shallow else None
+        return cls(full=full, one_layer=one_layer)
+
+
+def measure_state(factory: Callable[..., torch.optim.Optimizer], models: MetaModels) -> tuple[int, int]:
+    """(elements, bytes at their real dtypes) of the optimizer state for the full model, after one step."""
+    if models.one_layer is None:
+        return _sum(_state_by_name(factory, models.full).values())
+    per_name = _state_by_name(factory, models.one_layer)
+    parts = [per_name.pop(None, (0, 0))]  # state not keyed by a parameter counts once
+    for name, _ in models.full.named_parameters():
+        parts.append(per_name.get(_LAYER.sub(".layers.0.", name), (0, 0)))
+    return _sum(parts)
+
+
+def _state_by_name(factory, model) -> dict[str | None, tuple[int, int]]:
+    optimizer = factory(model=model)
+    optimizer.step()
+    names = {id(p): n for n, p in model.named_parameters()}
+    per_name: dict[str | None, tuple[int, int]] = {}
+    for key, state in optimizer.state.items():
+        name = names.get(id(key))
+        per_name[name] = _sum([per_name.get(name, (0, 0)), state_elements(state)])
+    return per_name
+
+
+def _sum(parts: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    elements = nbytes = 0
+    for e, b in parts:
+        elements += e
+        nbytes += b
+    return elements, nbytes
+
+
+def state_elements(state) -> tuple[int, int]:
+    """(elements, bytes at their real dtypes) of every tensor with at least one dimension in ``state``
+    (a tensor, or dicts / lists / tuples of them; numbers and 0-d step counters are not counted)."""
+    elements = nbytes = 0
+    stack: list = [state]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.ndim > 0:
+                local = value.to_local() if hasattr(value, "to_local") else value  # a DTensor's own shard
+                elements += local.numel()
+                nbytes += local.numel() * local.element_size()
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return elements, nbytes
+
+
 # ------------------------------------------------------------------------------------------ optimizers
 @dataclass
 class OptimizerSetup:
     factory: Callable[..., torch.optim.Optimizer] | None  # model -> optimizer; None if not importable
-    hparams: dict                                          # every for_model option, as this run sets it
+    hparams: dict  # every for_model option, as this run sets it
     unavailable: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class ConfigComposer:
-    """``conf/optimizer/<name>.yaml`` + ``conf/paper/budget/<model>.yaml`` +
-    ``conf/paper/hparams/<name>_<model>.yaml``, composed by Hydra as conf/config.yaml selects them, on top of
-    the root config's own keys (so interpolations such as ``${train.max_steps}`` resolve)."""
+    """The ``optimizer`` node a training run would get, from the same files conf/config.yaml selects:
+    ``optimizer/<name>.yaml`` (composed by Hydra), then ``paper/budget/<model>.yaml`` and
+    ``paper/hparams/<name>_<model>.yaml`` (``# @package _global_`` files, merged on top), over the root
+    config's own keys so that interpolations such as ``${train.max_steps}`` resolve."""
 
     def __init__(self, conf_dir: Path):
         self.conf_dir = conf_dir
         self._context = None
+        self._optimizers: dict = {}
 
     def __enter__(self):
         from hydra import initialize_config_dir
@@ -194,40 +325,76 @@ class ConfigComposer:
         self._hydra.__exit__(*exc)
         return False
 
-    def optimizer_node(self, name: str, settings_name: str | None, expect_paper: bool) -> tuple[dict, list[str]]:
-        """The resolved ``optimizer`` node as training would see it, and notes on what was missing."""
+    def _optimizer_yaml(self, name: str):
         from hydra import compose
         from omegaconf import OmegaConf
 
-        overrides, notes = [], []
-        if (self.conf_dir / "optimizer" / f"{name}.yaml").is_file():
-            overrides.append(f"+optimizer={name}")
-        else:
-            notes.append(f"{name}: no conf/optimizer/{name}.yaml, so for_model's defaults")
+        if name not in self._optimizers:
+            if (self.conf_dir / "optimizer" / f"{name}.yaml").is_file():
+                self._optimizers[name] = compose(config_name=None, overrides=[f"+optimizer={name}"])
+            else:
+                self._optimizers[name] = OmegaConf.create({})
+        return self._optimizers[name]
+
+    def _global_file(self, path: Path):
+        from hydra import compose
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.load(path)
+        if "defaults" in loaded:  # let Hydra handle a defaults list
+            group = path.parent.relative_to(self.conf_dir).as_posix()
+            return compose(config_name=None, overrides=[f"+{group}@_global_={path.stem}"])
+        return loaded
+
+    def optimizer_node(
+        self, name: str, settings_name: str | None, expect_paper: bool
+    ) -> tuple[dict, list[str]]:
+        """The resolved ``optimizer`` node as training would see it, and notes on what was missing."""
+        from omegaconf import OmegaConf
+
+        layers = [OmegaConf.create(self._context), self._optimizer_yaml(name)]
+        missing = (
+            []
+            if (self.conf_dir / "optimizer" / f"{name}.yaml").is_file()
+            else [f"conf/optimizer/{name}.yaml"]
+        )
         if settings_name is not None:
-            if (self.conf_dir / "paper" / "budget" / f"{settings_name}.yaml").is_file():
-                overrides.append(f"+paper/budget@_global_={settings_name}")
-            hparams = f"{name}_{settings_name}"
-            if (self.conf_dir / "paper" / "hparams" / f"{hparams}.yaml").is_file():
-                overrides.append(f"+paper/hparams@_global_={hparams}")
+            budget = self.conf_dir / "paper" / "budget" / f"{settings_name}.yaml"
+            if budget.is_file():
+                layers.append(self._global_file(budget))
+            hparams = self.conf_dir / "paper" / "hparams" / f"{name}_{settings_name}.yaml"
+            if hparams.is_file():
+                layers.append(self._global_file(hparams))
             elif expect_paper:
-                notes.append(f"{name} {settings_name}: no conf/paper/hparams/{hparams}.yaml yet, so "
-                             f"conf/optimizer/{name}.yaml alone")
-        cfg = OmegaConf.merge(OmegaConf.create(self._context), compose(config_name=None, overrides=overrides))
-        node = cfg.get("optimizer") or OmegaConf.create({})
+                missing.append(f"conf/paper/hparams/{name}_<model>.yaml")
+        notes = []
+        if missing:
+            notes.append(
+                f"{name}: no {' nor '.join(missing)} (for the rows marked), so "
+                + (
+                    "for_model's defaults"
+                    if missing[0].startswith("conf/optimizer")
+                    else f"conf/optimizer/{name}.yaml alone"
+                )
+            )
+        node = OmegaConf.merge(*layers).get("optimizer") or OmegaConf.create({})
         resolved = {}
         for key in node:
             try:
                 value = node[key]
-                resolved[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            except Exception as error:  # an interpolation only a full training config can resolve
-                notes.append(f"{name}: optimizer.{key} does not resolve here ({type(error).__name__}); "
-                             f"for_model's default used")
+                resolved[key] = (
+                    OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                )
+            except Exception as error:  # noqa: BLE001 - an interpolation only a full training config resolves
+                notes.append(
+                    f"{name}: optimizer.{key} does not resolve outside a training run "
+                    f"({type(error).__name__}); for_model's default used"
+                )
         return resolved, notes
 
 
 def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
-    """The factory training would get from ``instantiate(cfg.optimizer)``, and the hyperparameters in force."""
+    """The factory training gets from ``instantiate(cfg.optimizer)``, and the hyperparameters in force."""
     from hydra.utils import instantiate
 
     options = {k: v for k, v in node.items() if k not in ("_target_", "_partial_", "name")}
@@ -237,34 +404,19 @@ def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return OptimizerSetup(factory=None, hparams=options, unavailable=f"not available: {reason}")
     defaults = {
-        key: p.default for key, p in inspect.signature(cls.for_model).parameters.items()
+        key: p.default
+        for key, p in inspect.signature(cls.for_model).parameters.items()
         if key not in ("cls", "model") and p.default is not inspect.Parameter.empty
     }
     hparams = {**defaults, **options}
     if "_target_" in node:
         factory = instantiate({**node, "_partial_": True})
     else:
+
         def factory(model, _options=options):
             return build_optimizer(model, name, **_options)
+
     return OptimizerSetup(factory=factory, hparams=hparams)
-
-
-def state_elements(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """(elements, bytes at their real dtypes) of every state tensor with at least one dimension."""
-    elements = nbytes = 0
-    stack: list = [state for state in optimizer.state.values()]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            if value.ndim > 0:
-                local = value.to_local() if hasattr(value, "to_local") else value
-                elements += local.numel()
-                nbytes += local.numel() * local.element_size()
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-    return elements, nbytes
 
 
 def paper_rule_elements(name: str, split: ParamSplit, hparams: dict) -> int | None:
@@ -302,8 +454,9 @@ class MemoryRow:
     rule_gb: float | None
     measured_gb: float | None
     measured_dtype_gb: float | None = None  # the same state at the dtypes it is really held in
+    state_elements: int | None = None  # optimizer-state elements behind ``measured_gb``
     unavailable: str | None = None
-    explanation: str | None = None          # why a cell differs from the paper, when known
+    explanation: str | None = None  # why a cell differs from the paper, when known
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -331,51 +484,63 @@ def memory_rows(
     models: Sequence[str] | None = None,
     conf_dir: Path | None = None,
     vocab_size: int = 32000,
+    full_depth: bool = False,
 ) -> list[MemoryRow]:
+    """One row per optimizer x model (optimizers in the paper's order by default, the paper's five sizes)."""
     from optsweep.report import repo_root
 
     conf_dir = conf_dir or repo_root() / "conf"
     optimizers = list(optimizers or default_optimizers())
     unknown = [n for n in optimizers if n not in OPTIMIZERS]
     if unknown:
-        raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(default_optimizers())}")
+        raise ValueError(
+            f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(default_optimizers())}"
+        )
     choices = [parse_model(token, conf_dir, vocab_size) for token in (models or PAPER_MODELS)]
     rows = []
     with ConfigComposer(conf_dir) as composer:
         for choice in choices:
-            model = meta_model(choice.spec)
-            split = split_parameters(model)
-            params = sum(p.numel() for p in model.parameters())
+            models_ = MetaModels.build(choice.spec, full_depth=full_depth)
+            split = split_parameters(models_.full)
+            params = sum(p.numel() for p in models_.full.parameters())
             for name in optimizers:
                 paper = PAPER_MEMORY_GB.get(name, {}).get(choice.label) if choice.is_paper_model else None
-                node, notes = composer.optimizer_node(name, choice.settings_name, expect_paper=paper is not None)
-                rows.append(_measure(name, choice, model, split, params, node, paper, [*choice.notes, *notes]))
-    return rows
+                node, notes = composer.optimizer_node(
+                    name, choice.settings_name, expect_paper=paper is not None
+                )
+                rows.append(_row(name, choice, models_, split, params, node, paper, [*choice.notes, *notes]))
+    # read like the paper's table: one block per optimizer, sizes in order
+    return sorted(rows, key=lambda r: optimizers.index(r.optimizer))
 
 
-def _measure(name, choice, model, split, params, node, paper, notes) -> MemoryRow:
+def _row(name, choice, models, split, params, node, paper, notes) -> MemoryRow:
     setup = optimizer_setup(name, node)
     rule = paper_rule_elements(name, split, setup.hparams)
     row = MemoryRow(
-        optimizer=name, model=choice.label, params=params, paper_gb=paper,
+        optimizer=name,
+        model=choice.label,
+        params=params,
+        paper_gb=paper,
         rule_gb=None if rule is None else (params + rule) * BYTES_PER_ELEMENT / GB,
-        measured_gb=None, unavailable=setup.unavailable, notes=notes,
+        measured_gb=None,
+        unavailable=setup.unavailable,
+        notes=notes,
     )
     if setup.factory is not None:
         try:
-            optimizer = setup.factory(model=model)
-            optimizer.step()
-            elements, nbytes = state_elements(optimizer)
+            elements, nbytes = measure_state(setup.factory, models)
+            row.state_elements = elements
             row.measured_gb = (params + elements) * BYTES_PER_ELEMENT / GB
             row.measured_dtype_gb = (params * BYTES_PER_ELEMENT + nbytes) / GB
         except Exception as error:  # noqa: BLE001 - one broken optimizer must not hide the others' rows
             row.unavailable = f"one step on the meta device failed: {type(error).__name__}: {error}"
-    if row.measured_dtype_gb is not None and abs(row.measured_dtype_gb - row.measured_gb) > 5e-3:
-        row.notes.append(f"{name} {choice.label}: part of the state is not held in bf16; at its real dtypes "
-                         f"weights + state = {row.measured_dtype_gb:.2f} GB")
+    if row.measured_dtype_gb is not None and abs(row.measured_dtype_gb - row.measured_gb) >= 5e-3:
+        row.notes.append(
+            f"{name}: part of its state is not held in bf16 (the CSV's measured_real_dtype_gb "
+            f"counts it at its real dtype)"
+        )
     if row.differs:
-        row.explanation = KNOWN_DIFFERENCES.get((name, choice.label), "not explained: check the hyperparameters "
-                                                "(e.g. the rank) against the paper's")
+        row.explanation = explain(name, choice.label, setup.hparams)
     return row
 
 
@@ -384,7 +549,10 @@ COLUMNS = ("optimizer", "model", "params", "paper GB", "paper rule GB", "measure
 
 
 def _gb(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
+    """Two decimals, as the paper prints; three significant digits for models too small for that."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3g}"
 
 
 def _footnotes(rows: Iterable[MemoryRow]) -> tuple[dict[int, list[str]], list[str]]:
@@ -419,8 +587,15 @@ def _cells(row: MemoryRow, marks: list[str]) -> list[str]:
     else:
         verdict = "rule ✓" if row.rule_matches else ""
     verdict = " ".join([verdict, *marks]).strip()
-    return [row.optimizer, row.model, f"{row.params / 1e6:.2f}M", _gb(row.paper_gb), _gb(row.rule_gb),
-            measured, verdict]
+    return [
+        row.optimizer,
+        row.model,
+        f"{row.params / 1e6:.2f}M",
+        _gb(row.paper_gb),
+        _gb(row.rule_gb),
+        measured,
+        verdict,
+    ]
 
 
 def _footnote_lines(rows: list[MemoryRow], texts: list[str]) -> list[str]:
@@ -428,8 +603,11 @@ def _footnote_lines(rows: list[MemoryRow], texts: list[str]) -> list[str]:
     for number, text in enumerate(texts, 1):
         cells = [r for r in rows if text == r.explanation]
         if cells:
-            figures = "; ".join(f"{r.optimizer} {r.model}: paper {_gb(r.paper_gb)}, rule {_precise(r.rule_gb)}, "
-                                f"measured {_precise(r.measured_gb)}" for r in cells)
+            figures = "; ".join(
+                f"{r.optimizer} {r.model}: paper {_gb(r.paper_gb)}, rule {_precise(r.rule_gb)}, "
+                f"measured {_precise(r.measured_gb)}"
+                for r in cells
+            )
             lines.append(f"[{number}] {text} ({figures})")
         else:
             lines.append(f"[{number}] {text}")
@@ -440,11 +618,14 @@ def _precise(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-HEADER = ("Model + optimizer memory, GB = 1e9 bytes, every weight and state element at 2 bytes (bf16, as the "
-          "paper counts); scalar step counters not counted. 'paper rule': the paper's accounting applied to "
-          "this model's parameter split and the run's hyperparameters. 'measured': weights + the state tensors "
-          "the optimizer holds after one step on the meta device, built from conf/ as training builds it. "
-          f"Paper: {PAPER_SOURCE}.")
+HEADER = (
+    "Model + optimizer memory, GB = 1e9 bytes, every weight and state element at 2 bytes (bf16, as the "
+    "paper counts); scalar step counters not counted. 'paper rule': the paper's accounting applied to "
+    "this model's parameter split and the run's hyperparameters. 'measured': weights + the state tensors "
+    "the optimizer holds after one step on the meta device (built from conf/ as training builds it; one "
+    "decoder layer stepped, standing for each, unless --full-depth). "
+    f"Paper: {PAPER_SOURCE}."
+)
 
 
 def render_markdown(rows: list[MemoryRow]) -> str:
@@ -460,21 +641,47 @@ def render_markdown(rows: list[MemoryRow]) -> str:
 def render_csv(rows: list[MemoryRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["optimizer", "model", "params", "paper_gb", "paper_rule_gb", "measured_gb",
-                     "measured_real_dtype_gb", "rule_matches_paper", "measured_matches_paper", "status", "note"])
+    writer.writerow(
+        [
+            "optimizer",
+            "model",
+            "params",
+            "state_elements",
+            "paper_gb",
+            "paper_rule_gb",
+            "measured_gb",
+            "measured_real_dtype_gb",
+            "rule_matches_paper",
+            "measured_matches_paper",
+            "status",
+            "note",
+        ]
+    )
     for row in rows:
-        status = row.unavailable or ("differs" if row.differs else "matches" if row.paper_gb is not None
-                                     else "no paper value")
-        writer.writerow([
-            row.optimizer, row.model, row.params, _csv_number(row.paper_gb), _csv_number(row.rule_gb),
-            _csv_number(row.measured_gb), _csv_number(row.measured_dtype_gb), _csv_bool(row.rule_matches),
-            _csv_bool(row.measured_matches), status, " | ".join(filter(None, [row.explanation, *row.notes])),
-        ])
+        status = row.unavailable or (
+            "differs" if row.differs else "matches" if row.paper_gb is not None else "no paper value"
+        )
+        writer.writerow(
+            [
+                row.optimizer,
+                row.model,
+                row.params,
+                "" if row.state_elements is None else row.state_elements,
+                _csv_number(row.paper_gb),
+                _csv_number(row.rule_gb),
+                _csv_number(row.measured_gb),
+                _csv_number(row.measured_dtype_gb),
+                _csv_bool(row.rule_matches),
+                _csv_bool(row.measured_matches),
+                status,
+                " | ".join(filter(None, [row.explanation, *row.notes])),
+            ]
+        )
     return buffer.getvalue()
 
 
 def _csv_number(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
+    return "" if value is None else f"{value:.9f}"
 
 
 def _csv_bool(value: bool | None) -> str:
@@ -487,10 +694,16 @@ def print_table(rows: list[MemoryRow], console=None) -> None:
 
     console = console or Console()
     marks, texts = _footnotes(rows)
-    table = Table(title="Model + optimizer memory (GB = 1e9 bytes, bf16)", caption=HEADER, caption_justify="left")
+    table = Table(
+        title="Model + optimizer memory (GB = 1e9 bytes, bf16)", caption=HEADER, caption_justify="left"
+    )
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("optimizer", "model", "vs paper") else "right",
-                         overflow="fold")
+        table.add_column(
+            column,
+            justify="left" if column in ("optimizer", "model", "vs paper") else "right",
+            overflow="fold",
+            no_wrap=column in ("optimizer", "model", "params"),
+        )
     previous = None
     for row in rows:
         if previous is not None and row.optimizer != previous:

@@ -6,6 +6,7 @@ be read side by side. Rendering uses matplotlib's Agg backend: no display is nee
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Sequence
@@ -15,7 +16,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 OPTIMIZER_COLOURS = {
     "scale": "#d62728",
@@ -31,8 +33,24 @@ OPTIMIZER_COLOURS = {
     "sgd": "#7f7f7f",
 }
 # For names outside the map (ablation variants, new optimizers): picked by a stable hash of the name.
-_SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
-          "#756bb1", "#636363", "#6baed6", "#fd8d3c", "#74c476", "#9e9ac8", "#e7ba52", "#ad494a")
+_SPARE = (
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+    "#6baed6",
+    "#fd8d3c",
+    "#74c476",
+    "#9e9ac8",
+    "#e7ba52",
+    "#ad494a",
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -67,47 +85,138 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 class ParetoPoint:
     optimizer: str
     model: str
-    memory: float  # in the unit the axis shows
+    memory_bytes: float
     perplexity: float
 
 
-def pareto_plot(points: Sequence[ParetoPoint], path: Path, unit: str, ppl_label: str, title: str) -> Path:
+def memory_unit(largest_bytes: float) -> tuple[str, float]:
+    """GB for the paper's sizes; MB when everything is under 0.1 GB (tiny CPU models)."""
+    return ("GB", 1e9) if largest_bytes >= 1e8 else ("MB", 1e6)
+
+
+def pareto_plot(points: Sequence[ParetoPoint], path: Path, ppl_label: str, title: str) -> Path:
+    """One panel per model: each optimizer's run as a point, the Pareto frontier as a dashed staircase."""
     colours = colours_for([p.optimizer for p in points])
     models = list(dict.fromkeys(p.model for p in points))
-    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=130)
-    for p in points:
-        ax.scatter(p.memory, p.perplexity, s=70, color=colours[p.optimizer], marker=markers[p.model],
-                   edgecolor="black", linewidth=0.6, zorder=3)
-        label = p.optimizer if len(models) == 1 else f"{p.optimizer} ({p.model})"
-        ax.annotate(label, (p.memory, p.perplexity), textcoords="offset points", xytext=(6, 5), fontsize=8,
-                    color=colours[p.optimizer])
-    front = [points[i] for i in pareto_front([(p.memory, p.perplexity) for p in points])]
-    if front:
-        # The attainable boundary: from each front point, the same perplexity until more memory buys less.
-        xs, ys = [], []
-        for i, p in enumerate(front):
-            xs += [p.memory] if i == 0 else [p.memory, p.memory]
-            ys += [p.perplexity] if i == 0 else [front[i - 1].perplexity, p.perplexity]
-        xs.append(max(p.memory for p in points) * 1.03)
-        ys.append(front[-1].perplexity)
-        ax.plot(xs, ys, linestyle="--", color="black", linewidth=1.2, alpha=0.7, zorder=2)
-    handles = [plt.Line2D([], [], linestyle="none", marker="o", markersize=8, color=colours[o],
-                          markeredgecolor="black", label=o) for o in dict.fromkeys(p.optimizer for p in points)]
-    if len(models) > 1:
-        handles += [plt.Line2D([], [], linestyle="none", marker=markers[m], markersize=8, color="white",
-                               markeredgecolor="black", label=m) for m in models]
-    handles.append(plt.Line2D([], [], linestyle="--", color="black", label="Pareto frontier"))
-    ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
-    ax.set_xlabel(f"model + optimizer memory ({unit})")
-    ax.set_ylabel(ppl_label)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.margins(x=0.12, y=0.12)
+    columns = min(len(models), 2)
+    rows = math.ceil(len(models) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 5.5 * rows), dpi=130, squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        shown = [p for p in points if p.model == model]
+        unit, scale = memory_unit(max(p.memory_bytes for p in shown))
+        xy = [(p.memory_bytes / scale, p.perplexity) for p in shown]
+        for p, (x, y) in zip(shown, xy):
+            ax.scatter(
+                x,
+                y,
+                s=80,
+                color=colours[p.optimizer],
+                edgecolor="black",
+                linewidth=0.6,
+                zorder=3,
+                label=p.optimizer,
+            )
+        front = [xy[i] for i in pareto_front(xy)]
+        # The attainable boundary: each front point's perplexity holds until more memory buys a lower one.
+        xs, ys = [front[0][0]], [front[0][1]]
+        for (_, y0), (x1, y1) in itertools.pairwise(front):
+            xs += [x1, x1]
+            ys += [y0, y1]
+        span = max(x for x, _ in xy) - min(x for x, _ in xy) or abs(xs[-1]) or 1.0
+        xs.append(xs[-1] + 0.04 * span)
+        ys.append(ys[-1])
+        ax.plot(
+            xs, ys, linestyle="--", color="black", linewidth=1.2, alpha=0.7, zorder=2, label="Pareto frontier"
+        )
+        ax.set_xlabel(f"model + optimizer memory ({unit})")
+        ax.set_ylabel(ppl_label)
+        ax.set_title(model, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
+        _place_labels(fig, ax, [p.optimizer for p in shown], xy, [colours[p.optimizer] for p in shown])
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# Label positions tried around a point, in points: right, left, above, below, then further out.
+_OFFSETS = (
+    (7, 4, "left"),
+    (7, -11, "left"),
+    (-7, 4, "right"),
+    (-7, -11, "right"),
+    (0, 9, "center"),
+    (0, -17, "center"),
+    (12, 14, "left"),
+    (-12, 14, "right"),
+    (12, -22, "left"),
+    (-12, -22, "right"),
+)
+
+
+def _place_labels(
+    fig, ax, labels: Sequence[str], xy: Sequence[tuple[float, float]], colours: Sequence[str]
+) -> None:
+    """Annotate each point where its label hides no other label, marker or the legend (first fit)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    taken = [_box(to_pixels(point), 7) for point in xy]
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    inside = ax.get_window_extent(renderer)
+    for label, point, colour in sorted(zip(labels, xy, colours), key=lambda t: t[1]):
+        own = _box(to_pixels(point), 7)
+        chosen = None
+        for dx, dy, align in _OFFSETS:
+            text = ax.annotate(
+                label,
+                point,
+                textcoords="offset points",
+                xytext=(dx, dy),
+                fontsize=8,
+                color=colour,
+                ha=align,
+                zorder=4,
+            )
+            box = text.get_window_extent(renderer)
+            clash = any(box.overlaps(other) for other in taken if other is not own) or not _within(
+                box, inside
+            )
+            if not clash:
+                chosen = box
+                break
+            text.remove()
+        if chosen is None:  # crowded: the first position, with a white backing so it stays legible
+            text = ax.annotate(
+                label,
+                point,
+                textcoords="offset points",
+                xytext=_OFFSETS[0][:2],
+                fontsize=8,
+                color=colour,
+                zorder=4,
+                bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5, "edgecolor": "none"},
+            )
+            chosen = text.get_window_extent(renderer)
+        taken.append(chosen)
+
+
+def _box(center, half: float):
+    from matplotlib.transforms import Bbox
+
+    x, y = center
+    return Bbox([[x - half, y - half], [x + half, y + half]])
+
+
+def _within(box, outer) -> bool:
+    return box.x0 >= outer.x0 and box.x1 <= outer.x1 and box.y0 >= outer.y0 and box.y1 <= outer.y1
 
 
 @dataclass
@@ -125,10 +234,18 @@ def loss_curves_plot(curves: Sequence[Curve], path: Path, x_label: str, title: s
     rows = math.ceil(len(models) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.5 * rows), dpi=130, squeeze=False)
     for ax, model in zip(axes.flat, models):
-        shown = [c for c in curves if c.model == model]
+        # legend from best to worst final loss, the order the curves end in
+        shown = sorted((c for c in curves if c.model == model), key=lambda c: c.y[-1])
         for curve in shown:
-            ax.plot(curve.x, curve.y, color=colours[curve.optimizer], marker="o", markersize=2.5, linewidth=1.5,
-                    label=curve.optimizer)
+            ax.plot(
+                curve.x,
+                curve.y,
+                color=colours[curve.optimizer],
+                marker="o",
+                markersize=2.5,
+                linewidth=1.5,
+                label=curve.optimizer,
+            )
         # The first evaluations (random init, warm-up) are far above the rest: keep them off the scale.
         late = [y for c in shown for x, y in zip(c.x, c.y) if x >= 0.05 * max(c.x, default=0)]
         if late:
@@ -136,14 +253,23 @@ def loss_curves_plot(curves: Sequence[Curve], path: Path, x_label: str, title: s
             pad = 0.05 * (high - low or abs(high) or 1.0)
             ax.set_ylim(low - pad, high + pad)
         ax.set_title(model, fontsize=10)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _count(value)))
         ax.set_xlabel(x_label)
         ax.set_ylabel("validation loss (nats per token)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _count(value: float) -> str:
+    """Tick labels for counts: 0, 500, 250k, 1.5M, 2B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"

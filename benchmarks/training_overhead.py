@@ -1,0 +1,434 @@
+"""Tokens/s of a training step through our LightningModule + Trainer, against a plain PyTorch loop.
+
+The plain loop is the paper authors' script style (GaLore's ``torchrun_main.py``): for every micro batch a
+forward with labels and ``(loss / accumulation).backward()``, then ``optimizer.step()``,
+``scheduler.step()``, ``optimizer.zero_grad()``. Both sides get
+
+- the same initial weights (one state dict, copied into each fresh model),
+- the same data: pre-generated random token batches (padded at the tail, labels -100 at pad), held in a
+  list and fed through a ``DataLoader`` with no workers,
+- the same optimizer as a training run builds it (``conf/optimizer/<name>.yaml`` through Hydra) and the
+  same warmup-cosine schedule,
+- the same precision: fp32 on CPU, pure bf16 (``bf16-true``) on CUDA.
+
+Lightning runs as ``train()`` assembles it: ``LlamaLitModule`` building the model in ``configure_model``,
+our SpeedMonitor and DivergenceGuard callbacks, ``log_every_n_steps`` 10; variants add the progress bar or
+a logger to show what each costs, and one drops our callbacks to show Lightning's own cost.
+
+Each run times N optimizer steps after a few warmup steps, between two identical points of the step cycle
+(after an optimizer step, with a device sync on CUDA), so per-step work done at the logging interval is
+counted as often as it happens. Variants are interleaved, in a rotated order per repeat, so that a machine
+whose load drifts hurts them alike; the table shows medians over repeats. Before the table, the losses of
+every variant are compared with the plain loop's, micro batch by micro batch: the comparison only holds if
+both do the same math.
+
+    python benchmarks/training_overhead.py                       # small CPU default, ~1-2 min
+    python benchmarks/training_overhead.py --model llama_60m --seq-len 256 --micro-batch 32 \
+        --accumulate 2 --steps 50 --warmup 10 --device cuda      # on a GPU (bf16-true)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from optsweep.models.llama import build_llama, count_parameters, flops_per_token
+from optsweep.optim.schedules import WarmupCosine
+from optsweep.report.memory import ConfigComposer, optimizer_setup, parse_model
+from optsweep.training.callbacks import DivergenceGuard, SpeedMonitor, StepProgressBar
+from optsweep.training.module import LlamaLitModule
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PAD_ID = 0
+VARIANTS = {
+    "plain": "plain PyTorch loop (authors' script style)",
+    "trainer": "Lightning Trainer + our module, no callbacks",
+    "ours": "+ SpeedMonitor, DivergenceGuard (a run's callbacks, no bar, no logger)",
+    "ours+bar": "+ StepProgressBar(refresh_rate=1), as conf/callbacks/default.yaml",
+    "ours+csv": "+ CSVLogger",
+    "ours+mlflow": "+ MLFlowLogger (sqlite, synchronous=False, as conf/logger/mlflow.yaml)",
+}
+PRECISION_DTYPE = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "bf16-mixed": torch.float32}
+
+
+@dataclass
+class Setup:
+    args: argparse.Namespace
+    spec: object
+    device: torch.device
+    precision: str
+    optimizer_factory: object
+    init_state: dict
+    batches: list[dict]
+
+    @property
+    def total_steps(self) -> int:
+        # One step after the timed ones, so the extra logging Lightning and our callbacks do at the very
+        # last step (step == max_steps) stays out of the window.
+        return self.args.warmup + self.args.steps + 1
+
+    @property
+    def timed_tokens(self) -> int:
+        a = self.args
+        return a.steps * a.accumulate * a.micro_batch * a.seq_len
+
+    def schedule(self) -> WarmupCosine:
+        # Warmup is a tenth of the run, as in the paper; the lr itself does not change the step's cost.
+        return WarmupCosine(warmup_steps=max(1, self.total_steps // 10), total_steps=self.total_steps)
+
+    def loader(self) -> DataLoader:
+        return DataLoader(BatchList(self.batches), batch_size=None, shuffle=False, num_workers=0,
+                          pin_memory=self.device.type == "cuda")
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass
+class RunResult:
+    seconds: float      # wall clock over the timed steps
+    cpu_seconds: float  # this process's CPU time over them: on a shared CPU, the work done, less the waiting
+    losses: list[torch.Tensor] = field(default_factory=list)  # per micro batch, unscaled
+
+
+class BatchList(Dataset):
+    """Pre-generated batches (each already a dict of [micro_batch, seq_len] tensors), served in order."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batches[index]
+
+
+def make_batches(count: int, micro_batch: int, seq_len: int, vocab_size: int, padded: bool,
+                 seed: int) -> list[dict]:
+    """Random tokens; with ``padded``, each row keeps a random length in [seq_len/2, seq_len] and is padded
+    at the tail (the paper's C4 format pads to max length), labels -100 at pad."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        input_ids = torch.randint(1, vocab_size, (micro_batch, seq_len), generator=generator)
+        if padded:
+            lengths = torch.randint(seq_len // 2, seq_len + 1, (micro_batch, 1), generator=generator)
+        else:
+            lengths = torch.full((micro_batch, 1), seq_len)
+        attention_mask = (torch.arange(seq_len)[None, :] < lengths).long()
+        input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+    return batches
+
+
+# ------------------------------------------------------------------------------------------ plain loop
+def run_plain(setup: Setup) -> RunResult:
+    a = setup.args
+    model = build_llama(setup.spec, pad_token_id=PAD_ID)
+    model.load_state_dict(setup.init_state)
+    model.to(device=setup.device, dtype=PRECISION_DTYPE[setup.precision])
+    if a.compile:
+        model = torch.compile(model)
+    model.train()
+    optimizer = setup.optimizer_factory(model=getattr(model, "_orig_mod", model))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, setup.schedule())
+    autocast = (torch.autocast(setup.device.type, dtype=torch.bfloat16) if setup.precision == "bf16-mixed"
+                else contextlib.nullcontext())
+    losses = []
+    batches = iter(setup.loader())
+    start = None
+    end = None
+    for step in range(setup.total_steps):
+        for _ in range(a.accumulate):
+            batch = {k: v.to(setup.device, non_blocking=True) for k, v in next(batches).items()}
+            with autocast:
+                loss = model(**batch).loss
+            (loss / a.accumulate).backward()
+            losses.append(loss.detach())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step + 1 == a.warmup:
+            setup.sync()
+            start = (time.perf_counter(), time.process_time())
+        elif step + 1 == a.warmup + a.steps:
+            setup.sync()
+            end = (time.perf_counter(), time.process_time())
+    return RunResult(seconds=end[0] - start[0], cpu_seconds=end[1] - start[1], losses=losses)
+
+
+# ------------------------------------------------------------------------------------------- Lightning
+class Stopwatch(L.Callback):
+    """Clocks the timed steps at the same point of the cycle as the plain loop, and keeps every micro
+    batch's loss (Lightning hands callbacks the loss already divided by the accumulation)."""
+
+    def __init__(self, setup: Setup, initial_state: dict) -> None:
+        self.setup_ = setup
+        self.initial_state = initial_state
+        self.losses: list[torch.Tensor] = []
+        self.start: tuple[float, float] | None = None
+        self.end: tuple[float, float] | None = None
+        self._last_step = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # The module built its own model in configure_model; give it the shared initial weights (in place,
+        # so the optimizer already holding these parameters is unaffected; copy_ casts fp32 -> bf16 as
+        # the plain loop's .to(dtype) does).
+        with torch.no_grad():
+            for name, tensor in pl_module.llama.state_dict().items():
+                tensor.copy_(self.initial_state[name])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"] * self.setup_.args.accumulate)
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        self._last_step = step
+        if step == self.setup_.args.warmup:
+            self.setup_.sync()
+            self.start = (time.perf_counter(), time.process_time())
+        elif step == self.setup_.args.warmup + self.setup_.args.steps:
+            self.setup_.sync()
+            self.end = (time.perf_counter(), time.process_time())
+
+
+def run_lightning(setup: Setup, variant: str, workdir: Path) -> RunResult:
+    a = setup.args
+    module = LlamaLitModule(
+        model_spec=setup.spec,
+        optimizer=setup.optimizer_factory,
+        scheduler=lambda warmup_steps, total_steps: setup.schedule(),
+        max_steps=setup.total_steps,
+        warmup_steps=setup.schedule().warmup_steps,
+        pad_token_id=PAD_ID,
+        compile=a.compile,
+    )
+    stopwatch = Stopwatch(setup, setup.init_state)
+    callbacks = []
+    if variant != "trainer":
+        callbacks += [SpeedMonitor(seq_len=a.seq_len), DivergenceGuard(check_every_n_steps=10)]
+    if variant == "ours+bar":
+        callbacks.append(StepProgressBar(refresh_rate=1))
+    callbacks.append(stopwatch)
+    loggers = []
+    if variant == "ours+csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers.append(CSVLogger(save_dir=str(workdir / "csv"), name="bench"))
+    if variant == "ours+mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{workdir}/mlflow.db",
+                                    synchronous=False))
+    trainer = L.Trainer(
+        accelerator=setup.device.type, devices=1, precision=setup.precision,
+        max_steps=setup.total_steps, max_epochs=-1, accumulate_grad_batches=a.accumulate,
+        logger=loggers or False, callbacks=callbacks, log_every_n_steps=a.log_every,
+        enable_progress_bar=variant == "ours+bar", enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=False, benchmark=False,
+    )
+    # The bar's cost is its formatting and the metric reads behind it, not the terminal: draw it nowhere.
+    with (open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull),
+          contextlib.redirect_stderr(devnull)):
+        trainer.fit(module, train_dataloaders=setup.loader())
+    if stopwatch.end is None:
+        raise RuntimeError(f"{variant}: the run ended at step {trainer.global_step} before the timed steps")
+    return RunResult(seconds=stopwatch.end[0] - stopwatch.start[0], cpu_seconds=stopwatch.end[1] - stopwatch.start[1],
+                     losses=stopwatch.losses)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama_tiny",
+                        help="conf/model name, a yaml path, or overrides: 'llama_60m,num_hidden_layers=4' "
+                             "(default: llama_tiny)")
+    parser.add_argument("--vocab-size", type=int, default=8192,
+                        help="vocabulary for a model whose config leaves it to the tokenizer (default: 8192)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--accumulate", type=int, default=2, help="micro batches per optimizer step")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps before them")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--optimizer", default="adamw", help="any registry name (conf/optimizer/<name>.yaml)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default=None, choices=sorted(PRECISION_DTYPE),
+                        help="default: bf16-true on CUDA, 32-true on CPU (a training run's choice)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
+    parser.add_argument("--no-padding", action="store_true", help="full-length rows (the packed format)")
+    parser.add_argument("--log-every", type=int, default=10, help="Trainer log_every_n_steps (a run's default)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--check-steps", type=int, default=3,
+                        help="optimizer steps whose losses must agree with the plain loop's")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 on CPU, where a shared machine makes more threads "
+                             "spin; torch's default on CUDA)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or "plain" not in args.variants:
+        parser.error(f"--variants must include 'plain' and name only {', '.join(VARIANTS)} (got {unknown})")
+    return args
+
+
+def build_setup(args: argparse.Namespace) -> Setup:
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    precision = args.precision or ("bf16-true" if device.type == "cuda" else "32-true")
+    choice = parse_model(args.model, CONF_DIR, vocab_size=args.vocab_size)
+    spec = choice.spec
+    with ConfigComposer(CONF_DIR) as composer:
+        node, _ = composer.optimizer_node(args.optimizer, choice.settings_name, expect_paper=False)
+    optimizer = optimizer_setup(args.optimizer, node)
+    if optimizer.factory is None:
+        raise SystemExit(f"optimizer {args.optimizer}: {optimizer.unavailable}")
+    torch.manual_seed(args.seed)
+    init_state = {k: v.clone() for k, v in build_llama(spec, pad_token_id=PAD_ID).state_dict().items()}
+    count = (args.warmup + args.steps + 1) * args.accumulate
+    batches = make_batches(count, args.micro_batch, args.seq_len, spec.vocab_size, not args.no_padding,
+                           args.seed + 1)
+    return Setup(args, spec, device, precision, optimizer.factory, init_state, batches)
+
+
+def quiet_lightning() -> None:
+    # Lightning's banners and "few workers" hints are about the benchmark's setup, not what it measures.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*(num_workers|log_every_n_steps|LeafSpec|MLflow).*")
+
+
+def loss_agreement(setup: Setup, results: dict[str, list[RunResult]]) -> list[tuple[str, float, float]]:
+    """Max |loss - plain's loss| over the first --check-steps steps and over the whole run (repeat 1)."""
+    first = setup.args.check_steps * setup.args.accumulate
+    reference = torch.stack(results["plain"][0].losses).float().cpu()
+    rows = []
+    for variant, runs in results.items():
+        if variant == "plain":
+            continue
+        losses = torch.stack(runs[0].losses).float().cpu()
+        if losses.shape != reference.shape:
+            raise RuntimeError(f"{variant}: {len(losses)} micro-batch losses, the plain loop has {len(reference)}")
+        diff = (losses - reference).abs()
+        rows.append((variant, diff[:first].max().item(), diff.max().item()))
+    return rows
+
+
+def render(setup: Setup, results: dict[str, list[RunResult]], agreement, markdown: bool) -> str:
+    a = setup.args
+    tokens = setup.timed_tokens
+    on_cpu = setup.device.type == "cpu"
+
+    def median_rate(runs, attr):
+        return statistics.median(tokens / getattr(r, attr) for r in runs)
+
+    plain = results["plain"]
+    header = ["variant", "tokens/s", "min..max", "ms/step", "overhead", "+ms/step"]
+    if on_cpu:
+        header += ["CPU ms/step", "overhead (CPU time)"]
+    header.append(f"max |dloss| first {a.check_steps} steps / all")
+    agree = {v: (f, w) for v, f, w in agreement}
+    rows = []
+    for variant, runs in results.items():
+        rates = [tokens / r.seconds for r in runs]
+        ms = 1e3 * statistics.median(r.seconds for r in runs) / a.steps
+        ours = variant != "plain"
+        row = [variant, f"{median_rate(runs, 'seconds'):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
+               f"{ms:.1f}"]
+        plain_ms = 1e3 * statistics.median(r.seconds for r in plain) / a.steps
+        row += [f"{100 * (median_rate(plain, 'seconds') / median_rate(runs, 'seconds') - 1):+.1f}%" if ours else "-",
+                f"{ms - plain_ms:+.1f}" if ours else "-"]
+        if on_cpu:
+            cpu_ms = 1e3 * statistics.median(r.cpu_seconds for r in runs) / a.steps
+            overhead = median_rate(plain, "cpu_seconds") / median_rate(runs, "cpu_seconds") - 1
+            row += [f"{cpu_ms:.1f}", f"{100 * overhead:+.1f}%" if ours else "-"]
+        first, whole = agree.get(variant, (None, None))
+        row.append(f"{first:.1e} / {whole:.1e}" if ours else "-")
+        rows.append(row)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def describe(setup: Setup) -> str:
+    import lightning
+
+    a = setup.args
+    model = build_llama(setup.spec, device="meta")
+    if setup.device.type == "cuda":
+        machine = torch.cuda.get_device_name(setup.device)
+    else:
+        machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    versions = f"torch {torch.__version__}, lightning {lightning.__version__}, python {platform.python_version()}"
+    compiled = ", torch.compile" if a.compile else ""
+    rows = "padded rows" if not a.no_padding else "full rows"
+    return "\n".join([
+        f"machine: {machine} (load average {load:.1f}); {versions}",
+        (f"model: {setup.spec.name} ({count_parameters(model) / 1e6:.2f}M params, vocab {setup.spec.vocab_size}, "
+         f"{flops_per_token(model, a.seq_len) / 1e6:.1f} MFLOP/token); precision {setup.precision}{compiled}; "
+         f"optimizer {a.optimizer}"),
+        (f"batch: {a.micro_batch} x {a.seq_len} tokens x {a.accumulate} accumulation ({rows}); "
+         f"{a.warmup} warmup + {a.steps} timed steps, {a.repeats} repeats; log_every_n_steps {a.log_every}"),
+    ])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads or not (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())):
+        torch.set_num_threads(args.threads or 1)
+    quiet_lightning()
+    setup = build_setup(args)
+    print(describe(setup), flush=True)
+    results: dict[str, list[RunResult]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            # rotate the order so no variant always runs first (cold caches) or last (a drifting machine)
+            order = args.variants[repeat % len(args.variants):] + args.variants[:repeat % len(args.variants)]
+            for variant in order:
+                result = run_plain(setup) if variant == "plain" else run_lightning(setup, variant, Path(tmp))
+                results[variant].append(result)
+                print(f"  repeat {repeat + 1}/{args.repeats} {variant:<12} "
+                      f"{setup.timed_tokens / result.seconds:>12,.0f} tokens/s", file=sys.stderr, flush=True)
+    agreement = loss_agreement(setup, results)
+    print()
+    print(render(setup, results, agreement, args.markdown))
+    print()
+    for variant in args.variants:
+        print(f"  {variant:<12} {VARIANTS[variant]}")
+    print("  overhead = plain's tokens/s / the variant's - 1 (medians over repeats); +ms/step = median step time "
+          "- plain's")
+    if setup.device.type == "cpu":
+        print("  CPU time: this process's CPU seconds over the timed steps (1 thread, no loader workers), which a "
+              "busy machine inflates less than the wall clock")
+
+
+if __name__ == "__main__":
+    main()

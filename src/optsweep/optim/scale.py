@@ -1,0 +1,349 @@
+"""SCALE: Stochastic Column-normalized Last-layer momEntum (Glentis, Li, Han, Hong; arXiv 2506.16659).
+
+SGD with two changes, and nothing else:
+
+1. every matrix update is normalised per output unit by its RMS (the paper's "column normalisation");
+2. the output layer (``lm_head``), whose gradient is the noisiest, keeps a first-order momentum (an EMA).
+
+The 1-D weights (RMSNorm gains) are trained with AdamW at their own learning rate ``adam_lr``. The optimizer
+state is therefore the lm_head momentum plus AdamW's two moments of the 1-D weights: about one vocab x hidden
+matrix, which is why SCALE needs 35-45% of Adam's memory.
+
+The arithmetic follows the authors' released optimizer (OptimAI-Lab/Minimalist_LLM_Pretraining,
+``mem_eff_pt/pt_scale/scale_optimizer.py``) with three deliberate differences, none of which changes the
+method: row statistics are computed in fp32 and the update is applied in one fused, fp32-accurate op (the
+authors divide in the parameter's dtype, i.e. in bf16 for the published runs); the AdamW of the 1-D weights
+is torch's (eps added to sqrt(v_hat); the authors add eps to sqrt(v) before the bias correction, which makes
+their eps 1/sqrt(1 - beta2^t) larger in the first few thousand steps, an effect below bf16 resolution); and
+the role of a weight comes from :mod:`optsweep.optim.groups` rather than from module names.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from optsweep.optim.functional import adamw_
+from optsweep.optim.groups import ROLES, infer_role, role_groups, split_parameters
+from optsweep.optim.sharding import all_reduce_sharded, full_tensor, keep_local, local, sharded_dims
+
+NORMALIZATIONS = ("column", "row", "sign", "newton_schulz", "none")
+MOMENTUM_ON = ("last", "none", "all")
+MATRIX_ROLES = ("hidden", "embedding", "output")
+
+# Muon's quintic Newton-Schulz coefficients (Jordan et al., 2024).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+RMS_FLOOR = 1e-8
+_MEAN_SQUARE_FLOOR = RMS_FLOOR**2  # clamping RMS at 1e-8 == clamping the mean square at 1e-16
+
+# CPU reductions square and sum in blocks of this many elements: a full-size fp32 temporary costs more in
+# page faults than the arithmetic, and vector_norm over a leading dim is ~10x slower than a sum there.
+_CPU_BLOCK = 1 << 18
+
+
+class SCALE(torch.optim.Optimizer):
+    r"""SCALE, with the paper's ablations as options.
+
+    Every param group has a ``"role"`` (see :mod:`optsweep.optim.groups`); a group without one gets
+    ``infer_role`` per parameter (1-D -> ``vector``, otherwise ``hidden``). Per step, for each parameter
+    with a gradient ``g`` and the group's scheduled learning rate ``lr``:
+
+    - all roles: decoupled weight decay ``p *= 1 - lr * weight_decay`` (0 in every published run);
+    - ``vector`` (1-D weights): AdamW with ``betas``/``eps``, bias-corrected; ``for_model`` gives this group
+      ``lr = adam_lr``, so a LambdaLR schedule moves it as ``adam_lr * lr(t) / lr_max``;
+    - ``hidden``, ``embedding``, ``output`` (matrices): direction ``d = g``, or the EMA
+      ``m = momentum * m + (1 - momentum) * g`` (zero init, no bias correction) where ``momentum_on``
+      asks for it; then ``p -= lr * N(d)`` with ``N`` chosen by ``normalization``.
+
+    ``normalization`` (``RMS(x) = max(sqrt(mean(x^2)), 1e-8)`` over the named dims, computed in fp32):
+
+    - ``"column"`` (SCALE): one scale per *output unit* of the layer. For ``hidden`` and ``output`` weights,
+      stored ``(out, in)`` by ``nn.Linear``, each row is divided by its RMS over dim 1 (the inputs;
+      weights with more than 2 dims: over all dims but 0). For the ``embedding`` ``(vocab, hidden)``, whose
+      outputs are the hidden units, each column is divided by its RMS over dim 0, the vocabulary.
+    - ``"row"``: the other dim, one scale per *input unit*: ``hidden``/``output`` columns over dim 0 (the
+      output units; for lm_head that is over the vocabulary), ``embedding`` rows over dim 1 (one scale
+      per token).
+    - ``"sign"``: ``sign(d)``; entries are -1, 0 or +1, so the step is ``lr`` per entry.
+    - ``"newton_schulz"``: Muon's orthogonalisation, ``ns_steps`` quintic iterations on the whole matrix
+      (in fp32), times ``sqrt(max(rows, cols))``.
+    - ``"none"``: ``d`` itself, i.e. plain SGD (with momentum where ``momentum_on`` says).
+
+    Scale choice for the ablations: column, row and sign all give updates whose entries have RMS 1, and an
+    exactly orthogonal ``rows x cols`` matrix has entry RMS ``1/sqrt(max(rows, cols))``, hence the
+    ``sqrt(max(rows, cols))`` factor: every normalised variant then moves the weights by about ``lr`` per
+    entry, so one learning-rate grid serves the whole "SGD + <normalisation>" ablation and only the
+    direction differs. (The quintic iteration leaves singular values in roughly [0.7, 1.1], not exactly 1.)
+
+    ``momentum_on``: ``"last"`` (SCALE) keeps momentum for the ``output`` role only, ``"all"`` for every
+    matrix, ``"none"`` for no matrix (the paper's "SGD + normalisation" rows). ``momentum=0`` keeps no
+    buffer either, as the EMA is then the gradient itself.
+
+    State (created at the first step, in the parameter's dtype and device, sharded like it under FSDP2):
+    ``momentum_buffer`` for each matrix with momentum, and ``step``/``exp_avg``/``exp_avg_sq`` for each
+    ``vector`` parameter. Nothing for the other matrices: they are stateless.
+
+    Sharding: with DTensor parameters sharded on dim 0 (FSDP2), a reduction over a sharded dim (the
+    embedding's column RMS, the ``row`` RMS of ``hidden``/``output``) sums squares locally, all-reduces the
+    sums over the shard group and divides by the global size; reductions over other dims are local;
+    ``newton_schulz`` gathers the matrix, orthogonalises it on every rank and keeps the local rows.
+
+    ``compile``: ``None`` compiles the fused column/row update with ``torch.compile`` when the parameters
+    are on CUDA (the step is launch-bound there), ``True`` compiles on any device, ``False`` never. Should
+    compilation fail, the optimizer warns once and continues eagerly.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        normalization: str = "column",
+        momentum_on: str = "last",
+        ns_steps: int = 5,
+        compile: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "normalization": normalization,
+            "momentum_on": momentum_on,
+            "ns_steps": ns_steps,
+        }
+        self._compile = compile
+        self._compiled_update: Callable | None = None
+        super().__init__(params, defaults)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        adam_lr: float | None = None,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        normalization: str = "column",
+        momentum_on: str = "last",
+        ns_steps: int = 5,
+        compile: bool | None = None,
+    ) -> SCALE:
+        """SCALE over ``model``'s parameters, split by role; the 1-D weights get ``adam_lr`` (None: ``lr``)."""
+        vector_lr = lr if adam_lr is None else adam_lr
+        groups = role_groups(split_parameters(model), {"vector": {"lr": vector_lr}})
+        return cls(groups, lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
+                   normalization=normalization, momentum_on=momentum_on, ns_steps=ns_steps, compile=compile)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_choice("normalization", group["normalization"], NORMALIZATIONS)
+        _check_choice("momentum_on", group["momentum_on"], MOMENTUM_ON)
+        role = group.get("role")
+        if role is not None:
+            _check_choice("role", role, ROLES)
+        if not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"SCALE: momentum must be in [0, 1), got {group['momentum']}")
+        if len(group["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in group["betas"]):
+            raise ValueError(f"SCALE: betas must be two numbers in [0, 1), got {group['betas']}")
+        if group["lr"] < 0 or group["eps"] < 0 or group["weight_decay"] < 0:
+            raise ValueError("SCALE: lr, eps and weight_decay must be >= 0")
+        if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
+            raise ValueError(f"SCALE: ns_steps must be a positive integer, got {group['ns_steps']}")
+        for p in group["params"]:
+            if (role or infer_role(p)) in MATRIX_ROLES and p.ndim < 2:
+                raise ValueError(f"SCALE: a '{role}' parameter must have 2 or more dims, got shape "
+                                 f"{tuple(p.shape)}; give 1-D weights the role 'vector'")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            by_role: dict[str, list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SCALE does not support sparse gradients")
+                by_role.setdefault(group.get("role") or infer_role(p), []).append(p)
+            for role, params in by_role.items():
+                if role == "vector":
+                    self._adamw_step(group, params)
+                else:
+                    self._matrix_step(group, role, params)
+        return loss
+
+    def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        # Parameters normally share their step count; grouping by it keeps added or late params exact.
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            by_step.setdefault(state["step"], []).append(p)
+        for step, ps in by_step.items():
+            states = [self.state[p] for p in ps]
+            adamw_([local(p) for p in ps], [local(p.grad) for p in ps],
+                   [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states],
+                   step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                   weight_decay=group["weight_decay"])
+
+    def _matrix_step(self, group: dict, role: str, params: list[torch.Tensor]) -> None:
+        lr, beta = group["lr"], group["momentum"]
+        normalization = group["normalization"]
+        directions = [p.grad for p in params]
+        if beta > 0 and _keeps_momentum(group["momentum_on"], role):
+            buffers = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_lerp_([local(b) for b in buffers], [local(g) for g in directions], 1.0 - beta)
+            directions = buffers
+        local_params = [local(p) for p in params]
+        if group["weight_decay"]:
+            torch._foreach_mul_(local_params, 1.0 - lr * group["weight_decay"])
+
+        if normalization in ("column", "row"):
+            dims = [reduce_dims(role, normalization, p.ndim) for p in params]
+            self._normalized_update(local_params, directions, dims, lr)
+        elif normalization == "sign":
+            signs = torch._foreach_sign([local(d) for d in directions])
+            torch._foreach_add_(local_params, signs, alpha=-lr)
+        elif normalization == "newton_schulz":
+            for p, p_local, d in zip(params, local_params, directions):
+                update = orthogonalized(full_tensor(d), group["ns_steps"])
+                p_local.add_(keep_local(update, p), alpha=-lr)
+        else:  # "none": plain SGD
+            torch._foreach_add_(local_params, [local(d) for d in directions], alpha=-lr)
+
+    def _normalized_update(self, local_params: list[torch.Tensor], directions: list[torch.Tensor],
+                           dims: list[tuple[int, ...]], lr: float) -> None:
+        """``p -= lr * d / RMS(d over dims)`` for each matrix, the RMS in fp32 and the update in one op."""
+        sizes = [math.prod(d.shape[i] for i in dim) for d, dim in zip(directions, dims)]
+        eager = list(range(len(directions)))
+        if self._use_compiled(local_params):
+            # Only reductions that need no collective can live inside the compiled graph.
+            fused = [i for i in eager if not set(dims[i]) & sharded_dims(directions[i])]
+            if fused and self._run_compiled([local_params[i] for i in fused],
+                                            [local(directions[i]) for i in fused],
+                                            tuple(dims[i] for i in fused), tuple(sizes[i] for i in fused), lr):
+                eager = [i for i in eager if i not in set(fused)]
+        if not eager:
+            return
+        inverse_rms = []
+        for i in eager:
+            sums = _local_sum_of_squares(local(directions[i]), dims[i])
+            inverse_rms.append(all_reduce_sharded(sums, directions[i], dims[i]))
+        torch._foreach_mul_(inverse_rms, [1.0 / sizes[i] for i in eager])
+        torch._foreach_clamp_min_(inverse_rms, _MEAN_SQUARE_FLOOR)
+        torch._foreach_rsqrt_(inverse_rms)
+        # p + (-lr) * d * inv is evaluated in fp32 and rounded once into p's dtype (bf16 loses nothing more).
+        torch._foreach_addcmul_([local_params[i] for i in eager], [local(directions[i]) for i in eager],
+                                inverse_rms, value=-lr)
+
+    def _use_compiled(self, local_params: list[torch.Tensor]) -> bool:
+        if self._compile is False or not local_params:
+            return False
+        device = local_params[0].device
+        if device.type == "meta":
+            return False
+        return self._compile is True or device.type == "cuda"
+
+    def _run_compiled(self, params, directions, dims, sizes, lr) -> bool:
+        try:
+            if self._compiled_update is None:
+                self._compiled_update = torch.compile(_normalized_update_fp32, dynamic=False)
+            # A tensor, not a float: a Python lr would be baked into the graph and recompile every step.
+            lr_tensor = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
+            self._compiled_update(params, directions, dims, sizes, lr_tensor)
+            return True
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the eager path
+            warnings.warn(f"SCALE: torch.compile of the update failed ({type(error).__name__}: {error}); "
+                          "continuing without it", stacklevel=3)
+            self._compile = False
+            return False
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"SCALE: unknown {name} {value!r}; valid values: {', '.join(choices)}")
+
+
+def _keeps_momentum(momentum_on: str, role: str) -> bool:
+    return momentum_on == "all" or (momentum_on == "last" and role == "output")
+
+
+def reduce_dims(role: str, normalization: str, ndim: int) -> tuple[int, ...]:
+    """The dims an RMS is taken over: ``column`` = per output unit, ``row`` = per input unit."""
+    if role == "embedding":
+        # (vocab, hidden): the outputs are the hidden units, the inputs the tokens.
+        return (0,) if normalization == "column" else tuple(range(1, ndim))
+    # nn.Linear layout (out, in, ...): the outputs are the rows.
+    return tuple(range(1, ndim)) if normalization == "column" else (0,)
+
+
+def _local_sum_of_squares(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """fp32 sum of squares of a plain tensor over ``dims``, keepdim."""
+    contiguous_rows = dims == tuple(range(1, x.ndim)) and x.is_contiguous()
+    if x.device.type != "cpu" or x.numel() == 0 or (x.dtype == torch.float32 and contiguous_rows):
+        # One reduction kernel reading x once (CUDA's reads bf16 and accumulates in fp32 directly).
+        return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32).square_()
+    rows_per_block = max(1, _CPU_BLOCK // max(1, x[0].numel()))
+    if 0 in dims:
+        total = None
+        for block in x.split(rows_per_block):
+            part = torch.square(block.to(torch.float32)).sum(dim=dims, keepdim=True)
+            total = part if total is None else total.add_(part)
+        return total
+    return torch.cat([torch.square(block.to(torch.float32)).sum(dim=dims, keepdim=True)
+                      for block in x.split(rows_per_block)])
+
+
+def _normalized_update_fp32(params, directions, dims, sizes, lr) -> None:
+    """The column/row update as one traceable function (what ``compile`` fuses into a kernel per matrix)."""
+    for p, d, dim, n in zip(params, directions, dims, sizes):
+        d32 = d.float()
+        inverse_rms = (d32.square().sum(dim=dim, keepdim=True) / n).clamp_min(_MEAN_SQUARE_FLOOR).rsqrt()
+        p.sub_(d32 * inverse_rms * lr)
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration in fp32: approximately U V^T of ``matrix`` = U S V^T."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.float()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:  # iterate on the wide side: the Gram matrix is then the small one
+        x = x.T
+    x = x / (torch.linalg.matrix_norm(x) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if transposed else x
+
+
+def orthogonalized(direction: torch.Tensor, steps: int) -> torch.Tensor:
+    """The ``newton_schulz`` update of a full (plain) matrix, scaled to entry RMS ~1, in fp32."""
+    matrix = direction.reshape(direction.shape[0], -1)
+    update = newton_schulz(matrix, steps)
+    update.mul_(math.sqrt(max(matrix.shape)))
+    return update.reshape(direction.shape)

@@ -1,0 +1,164 @@
+"""SWAN (Ma, Gong, Scetbon, Meeds; arXiv 2412.13148) - UNOFFICIAL, written from the paper's description.
+
+The paper says code will be released at github microsoft/msr_optim; none was reachable from here. Hidden
+matrices (attention and MLP weights, G of shape m x n = out x in) get a stateless update:
+
+1. GradNorm: standardise each row, G~ = (G - mean_row) / std_row (mean and population std over the n inputs;
+   the paper's g_bar = (1/n) sum_i G[:, i]). ``gradnorm_axis="column"`` standardises columns instead.
+2. GradWhitening: (G~ G~^T)^(-1/2) G~, the polar factor U V^T of G~, by the coupled Newton-Schulz iteration
+   (``newton_schulz.inverse_sqrt_newton_schulz``) in float32 (the paper whitens in FP32 with BF16 weights).
+   ``whiten_side="auto"`` iterates on the smaller Gram matrix: for a tall G~ (m > n, e.g. gate/up) the
+   m x m Gram matrix is singular, and G~ (G~^T G~)^(-1/2) is the same polar factor. "left"/"right" force one.
+   Row-standardised square or tall matrices are rank deficient (every row is orthogonal to the all-ones
+   vector): the result is then the polar factor on G~'s range and 0 on the rest (pseudo-inverse root).
+3. Optional rescaling (``rescale``, on by default): the update is scaled to Frobenius norm sqrt(m n), i.e.
+   an element RMS of 1 like the standardised gradient - public reimplementations quote this as the paper's
+   final normalisation.
+4. Plain SGD: p <- p (1 - lr wd) - lr * update. No optimizer state for these matrices.
+
+Embeddings, lm_head and 1-D weights use Adam(W) (betas (0.9, 0.999), eps 1e-8) at ``adam_lr`` (default lr),
+as in GaLore's benchmark that the paper follows.
+
+Choices the paper's text (as reachable from here) does not settle, exposed as options:
+- ``ns_steps`` / ``ns_beta``: public reimplementations of the paper's Algorithm 2 carry a Newton-Schulz step
+  size beta. beta = 1/2 is the textbook coupled iteration, whose fixed point is the exact (G G^T)^(-1/2) G
+  the paper defines (default here); two reimplementations use 10 steps with beta = 0.8, which overshoots
+  into a Muon-like band of singular values (about 0.55-1.6) instead of converging. Default: 10 steps,
+  beta 0.5. The Gram matrix is first divided by its Frobenius norm (the convention of the same authors'
+  later paper, arXiv 2502.07752, App. B.8);
+- ``eps`` floors the row std and the norms used for scaling.
+The SWAN-variant with diagonal substitution (faster, "NSDS") is not implemented.
+
+Under FSDP2 each hidden gradient is gathered once, the update computed on the full matrix identically on
+every rank, and each rank keeps its rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from optsweep.optim import sharding
+from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.muon import aux_adamw_step, split_by_role
+from optsweep.optim.newton_schulz import inverse_sqrt_newton_schulz
+
+WHITEN_SIDES = ("auto", "left", "right")
+GRADNORM_AXES = ("row", "column")
+
+
+def grad_norm(g: Tensor, axis: str = "row", eps: float = 1e-8) -> Tensor:
+    """GradNorm: subtract the mean and divide by the (population) std of each row (or column)."""
+    dim = 1 if axis == "row" else 0
+    centred = g - g.mean(dim=dim, keepdim=True)
+    std = centred.square().mean(dim=dim, keepdim=True).sqrt()
+    return centred / std.clamp(min=eps)
+
+
+def grad_whitening(g: Tensor, steps: int, beta: float = 0.5, side: str = "auto") -> Tensor:
+    """GradWhitening: (G G^T)^(-1/2) G (left) or G (G^T G)^(-1/2) (right) by coupled Newton-Schulz."""
+    rows, cols = g.shape
+    left = side == "left" or (side == "auto" and rows <= cols)
+    if left:
+        return inverse_sqrt_newton_schulz(g @ g.T, steps, beta) @ g
+    return g @ inverse_sqrt_newton_schulz(g.T @ g, steps, beta)
+
+
+def swan_update(
+    g: Tensor,
+    ns_steps: int = 10,
+    ns_beta: float = 0.5,
+    whiten_side: str = "auto",
+    gradnorm_axis: str = "row",
+    eps: float = 1e-8,
+    rescale: bool = True,
+) -> Tensor:
+    """SWAN's update direction for one whole 2-D gradient, computed in float32, returned in g's dtype."""
+    x = grad_norm(g.float(), gradnorm_axis, eps)
+    update = grad_whitening(x, ns_steps, ns_beta, whiten_side)
+    if rescale:
+        update = update * (math.sqrt(update.numel()) / update.norm().clamp(min=eps))
+    return update.to(g.dtype)
+
+
+class SWAN(torch.optim.Optimizer):
+    """SWAN (unofficial): stateless GradNorm + GradWhitening SGD on hidden matrices, Adam(W) elsewhere."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        ns_steps: int = 10,
+        ns_beta: float = 0.5,
+        whiten_side: str = "auto",
+        gradnorm_axis: str = "row",
+        eps: float = 1e-8,
+        rescale: bool = True,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if whiten_side not in WHITEN_SIDES:
+            raise ValueError(f"whiten_side must be one of {WHITEN_SIDES}, got {whiten_side!r}")
+        if gradnorm_axis not in GRADNORM_AXES:
+            raise ValueError(f"gradnorm_axis must be one of {GRADNORM_AXES}, got {gradnorm_axis!r}")
+        if ns_steps < 1 or ns_beta <= 0.0:
+            raise ValueError(f"need ns_steps >= 1 and ns_beta > 0, got {ns_steps}, {ns_beta}")
+        defaults = {"lr": lr, "ns_steps": ns_steps, "ns_beta": ns_beta, "whiten_side": whiten_side,
+                    "gradnorm_axis": gradnorm_axis, "eps": eps, "rescale": rescale,
+                    "weight_decay": weight_decay, "betas": tuple(betas), "adam_eps": adam_eps}
+        super().__init__(params, defaults)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        lr: float = 1e-3,
+        adam_lr: float | None = None,
+        ns_steps: int = 10,
+        ns_beta: float = 0.5,
+        whiten_side: str = "auto",
+        gradnorm_axis: str = "row",
+        eps: float = 1e-8,
+        rescale: bool = True,
+        weight_decay: float = 0.0,
+        adam_betas: Sequence[float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+    ) -> SWAN:
+        aux = {"lr": lr if adam_lr is None else adam_lr}
+        groups = role_groups(split_parameters(model), {"embedding": aux, "output": aux, "vector": aux})
+        return cls(groups, lr=lr, ns_steps=ns_steps, ns_beta=ns_beta, whiten_side=whiten_side,
+                   gradnorm_axis=gradnorm_axis, eps=eps, rescale=rescale, weight_decay=weight_decay,
+                   betas=adam_betas, adam_eps=adam_eps)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            matrices, others = split_by_role(group, (p for p in group["params"] if p.grad is not None))
+            for p in matrices:
+                self._swan_update(p, group)
+            aux_adamw_step(self.state, others, lr=group["lr"], betas=group["betas"], eps=group["adam_eps"],
+                           weight_decay=group["weight_decay"])
+        return loss
+
+    @staticmethod
+    def _swan_update(p: Tensor, group: dict) -> None:
+        full = sharding.full_tensor(p.grad)  # the one all-gather of this matrix
+        update = swan_update(
+            full.reshape(full.size(0), -1), group["ns_steps"], group["ns_beta"], group["whiten_side"],
+            group["gradnorm_axis"], group["eps"], group["rescale"],
+        )
+        lr = group["lr"]
+        param = sharding.local(p)
+        if group["weight_decay"]:
+            param.mul_(1 - lr * group["weight_decay"])
+        param.add_(sharding.keep_local(update.reshape(full.shape), p), alpha=-lr)

@@ -1,0 +1,421 @@
+"""The sweep loop: Optuna asks -> Hydra overrides -> the launcher runs the job -> the result is told.
+
+Rules the loop keeps (sweeps/README.md says the same for users):
+- The study lives in `storage` under `study_name` (default: the command's overrides), so running the same
+  command again continues it. `n_trials` is the number of finished trials (COMPLETE, PRUNED or FAIL) the
+  study should reach; a worker starts a trial only while finished + running < n_trials.
+- A trial that raises, or returns NaN/inf, is told FAIL with `failure_reason` as a user attribute; the sweep
+  goes on. After `max_consecutive_errors` raising trials in a row this worker stops (that is a bug).
+- A pruned trial (optuna.TrialPruned from the pruning callback) is told PRUNED.
+- Trials are created by the storage (`study.ask()`), so workers sharing a storage never run the same trial.
+  A trial left RUNNING by a worker that died (its process is gone on this machine, or its heartbeat is older
+  than grace_period) is put back in the queue (WAITING) and runs again, with the same number and params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from optsweep.sweeper import context, guards
+from optsweep.sweeper._locks import sqlite_creation_lock
+from optsweep.sweeper.mlflow_parent import SweepRun
+from optsweep.sweeper.search_space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _machine() -> str:
+    # hostname alone is not unique across containers; the boot id tells machines apart
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def default_study_name(arguments: list[str]) -> str:
+    """The command's overrides, order-free: the same command continues the same study."""
+    name = " ".join(sorted(arguments)) or "sweep"
+    if len(name) > 200:
+        name = f"{name[:180]}...{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
+
+
+def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    if url is None:
+        log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
+        return None
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        # several workers on one sqlite file wait for each other's writes instead of failing at once
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    with sqlite_creation_lock(url):
+        return _retrying(lambda: optuna.storages.RDBStorage(url, **kwargs), "opening the Optuna storage")
+
+
+def _retrying(make: Any, what: str, attempts: int = 5) -> Any:
+    """Workers started together race to create the same database tables: the loser waits and retries."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as error:
+            if attempt == attempts - 1:
+                raise
+            log.info("%s failed (%s), retrying", what, type(error).__name__)
+            time.sleep(1.0 + attempt + random.random())
+
+
+class _Heartbeat:
+    """Marks running trials alive (user attribute `heartbeat`, seconds since the epoch) every interval."""
+
+    def __init__(self, study: optuna.Study, trial_ids: list[int], interval: int | None) -> None:
+        self.storage, self.trial_ids, self.interval = study._storage, trial_ids, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="optuna-heartbeat")
+
+    def __enter__(self) -> _Heartbeat:  # noqa: PYI034
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                except Exception as error:  # noqa: BLE001 - a missed beat is not worth a crash
+                    log.debug("heartbeat of trial %d failed: %s", trial_id, error)
+
+
+class OptunaSweep:
+    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, study_name: str | None,
+                 storage: str | None, n_trials: int, n_jobs: int, params: DictConfig | None,
+                 variants: DictConfig | None, mlflow: DictConfig, heartbeat_interval: int | None,
+                 grace_period: int | None, max_consecutive_errors: int) -> None:
+        self.sampler_cfg = sampler
+        self.pruner_cfg = pruner
+        self.direction = OmegaConf.to_container(direction) if OmegaConf.is_list(direction) else direction
+        self.study_name = study_name
+        self.storage_url = storage
+        self.n_trials = n_trials
+        self.n_jobs = max(1, n_jobs)
+        self.params = OmegaConf.to_container(params, resolve=True) if params is not None else None
+        self.variants = OmegaConf.to_container(variants, resolve=True) if variants is not None else None
+        self.mlflow_cfg = mlflow
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_consecutive_errors = max_consecutive_errors
+        self.machine, self.pid = _machine(), os.getpid()
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.in_process = type(self.launcher).__name__ == "BasicLauncher"
+
+    # ------------------------------------------------------------------ sweep
+    def sweep(self, arguments: list[str]) -> dict[str, Any]:
+        if guards.relaunched_child():
+            raise RuntimeError("this process is a relaunched training rank, not a sweeper: "
+                               + (guards.multirun_blocker(self.config) or "use strategy=ddp_spawn for sweeps"))
+        if self.in_process:
+            blocker = guards.multirun_blocker(
+                self.config, OmegaConf.select(self.config, "hydra.runtime.choices.strategy", default=None))
+            if blocker:
+                raise ValueError(blocker)
+
+        space, passthrough = SearchSpace.build(self.params, self.variants, arguments)
+        study_name = self.study_name or default_study_name(arguments)
+        self.grid = space.grid() if self.sampler_cfg._target_.endswith("GridSampler") else None
+        sampler = instantiate(self.sampler_cfg, search_space=self.grid) if self.grid else instantiate(
+            self.sampler_cfg)
+        # A fixed seed would make every worker draw the same points: reseed per trial number instead (the
+        # grid's and QMC's seed fixes their order, which all workers must share).
+        target = self.sampler_cfg._target_
+        self.reseed = self.sampler_cfg.get("seed") is not None and not target.endswith(("GridSampler", "QMCSampler"))
+        pruner = instantiate(self.pruner_cfg)
+        directions = self.direction if isinstance(self.direction, list) else [self.direction]
+        storage = _storage(self.storage_url)
+        study = _retrying(lambda: optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+            directions=directions, load_if_exists=True,
+        ), "creating the study")
+        log.info("study %r in %s: %d trials so far, target n_trials=%d", study_name, self.storage_url,
+                 len(study.trials), self.n_trials)
+        for key, expression in space.describe().items():
+            log.info("  %s: %s", key, expression)
+
+        self.parent = SweepRun.open(self.mlflow_cfg.get("tracking_uri"), self.mlflow_cfg.get("experiment_name"),
+                                    study_name, space.describe())
+        parent_id = self.parent.run_id if self.parent else None
+        saved_env = os.environ.get(context.SWEEP_ENV)
+        os.environ[context.SWEEP_ENV] = context.sweep_environment(
+            self._absolute_url(), study_name, OmegaConf.to_container(self.pruner_cfg, resolve=True), parent_id)
+        try:
+            self._loop(study, study_name, space, passthrough, parent_id)
+        finally:
+            if saved_env is None:
+                os.environ.pop(context.SWEEP_ENV, None)
+            else:
+                os.environ[context.SWEEP_ENV] = saved_env
+        return self._summarize(study, study_name)
+
+    def _absolute_url(self) -> str | None:
+        url = self.storage_url
+        if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
+        return url
+
+    def _loop(self, study: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
+              parent_id: str | None) -> None:
+        errors_in_a_row = 0
+        while True:
+            self._requeue_interrupted(study)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            free = self.n_trials - finished - running
+            if free <= 0:
+                log.info("n_trials=%d reached (%d finished, %d running elsewhere)", self.n_trials, finished,
+                         running)
+                return
+            if self.grid is not None and self._grid_taken(trials):
+                log.info("the grid is exhausted (%d points)", math.prod(len(v) for v in self.grid.values()))
+                return
+            batch = self._ask(study, min(self.n_jobs, free))
+            if not batch:
+                return
+            results = self._run_batch(study, study_name, space, passthrough, parent_id, batch)
+            for raised in results:
+                errors_in_a_row = errors_in_a_row + 1 if raised else 0
+            if errors_in_a_row >= self.max_consecutive_errors:
+                raise RuntimeError(
+                    f"{errors_in_a_row} trials in a row raised (see their failure_reason); stopping this worker. "
+                    "Fix the cause and rerun: finished trials are kept, and count towards n_trials.")
+
+    def _ask(self, study: optuna.Study, count: int) -> list[optuna.Trial]:
+        batch = []
+        for _ in range(count):
+            trial = study.ask()
+            # claim it for this worker before anything else can go wrong
+            trial.set_user_attr("worker", {"machine": self.machine, "pid": self.pid})
+            trial.set_user_attr("heartbeat", time.time())
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+            if finished + ahead >= self.n_trials:
+                # another worker took the last slot at the same moment: leave this one for a later run
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                log.info("trial %d is beyond n_trials (another worker was faster): left WAITING",
+                         trial.number)
+                break
+            batch.append(trial)
+        return batch
+
+    def _grid_taken(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        size = math.prod(len(v) for v in self.grid.values())
+        taken = {t.system_attrs["grid_id"] for t in trials
+                 if "grid_id" in t.system_attrs and (t.state in FINISHED or t.state == TrialState.RUNNING)}
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        return len(taken) >= size and not waiting
+
+    # ------------------------------------------------------------------ one batch of jobs
+    def _run_batch(self, study: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
+                   parent_id: str | None, batch: list[optuna.Trial]) -> list[bool]:
+        """Run the trials, tell the results; returns, per trial, whether it raised."""
+        raised: dict[int, bool] = {}
+        jobs: list[tuple[optuna.Trial, list[str]]] = []
+        for trial in batch:
+            try:
+                if self.reseed:
+                    study.sampler = instantiate(self.sampler_cfg, seed=self.sampler_cfg.seed + trial.number)
+                overrides = passthrough + space.suggest(trial)
+                trial.set_user_attr("overrides", overrides)
+                self._check_composes(overrides)
+            except Exception as error:  # noqa: BLE001 - a bad point in the space fails only its trial
+                raised[trial.number] = True
+                self._finish(study, trial, TrialState.FAIL, None, f"config: {type(error).__name__}: {error}")
+                continue
+            job = overrides + [f"++hydra.job.env_set.{context.TRIAL_ENV}={trial._trial_id}"]
+            jobs.append((trial, job))
+        if not jobs:
+            return list(raised.values())
+
+        for trial, job in jobs:
+            log.info("trial %d: %s", trial.number, " ".join(job[len(passthrough):-1]))
+        with ExitStack() as stack:
+            for trial, _ in jobs:
+                stack.enter_context(context.activate(context.TrialContext(trial, study_name, parent_id)))
+            stack.enter_context(_Heartbeat(study, [t._trial_id for t, _ in jobs], self.heartbeat_interval))
+            try:
+                returns = self.launcher.launch([job for _, job in jobs], initial_job_idx=jobs[0][0].number)
+            except BaseException as interrupt:
+                # Ctrl-C, SystemExit from Lightning's interrupt handling, a launcher crash: the trials
+                # did not finish; queue them again so the next run repeats them
+                for trial, _ in jobs:
+                    self._requeue(study, study._storage.get_trial(trial._trial_id),
+                                  f"interrupted: {type(interrupt).__name__}")
+                raise
+        stopped_by = None
+        for (trial, _), ret in zip(jobs, returns, strict=True):
+            error = ret._return_value if ret.status == JobStatus.FAILED else None
+            if isinstance(getattr(error, "signum", None), int):
+                # training stopped on SIGTERM/SIGINT (after saving its checkpoint): not a result; the trial
+                # waits for the next run of the command, which resumes it
+                self._requeue(study, study._storage.get_trial(trial._trial_id), f"interrupted: {error}")
+                stopped_by = error.signum
+                continue
+            raised[trial.number] = self._tell(study, trial, ret)
+        if stopped_by is not None:
+            log.warning("sweep stopped by %s: run the same command again to continue it",
+                        signal.Signals(stopped_by).name)
+            raise SystemExit(128 + stopped_by)
+        return list(raised.values())
+
+    def _check_composes(self, overrides: list[str]) -> None:
+        composed = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        if self.in_process:
+            blocker = guards.multirun_blocker(
+                composed, OmegaConf.select(composed, "hydra.runtime.choices.strategy", default=None))
+            if blocker:
+                raise ValueError(blocker)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
+        """Record one job's outcome; True when the job raised."""
+        output_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir", default=None)
+        if output_dir:
+            trial.set_user_attr("job_dir", str(output_dir))
+        attrs = trial.user_attrs
+        if ret.status == JobStatus.COMPLETED:
+            values, problem = _objective_values(ret.return_value, len(study.directions))
+            if problem is None:
+                self._finish(study, trial, TrialState.COMPLETE, values, None)
+            else:
+                self._finish(study, trial, TrialState.FAIL, None, attrs.get(context.FAILURE_ATTR) or problem)
+            return False
+        error = ret._return_value
+        if isinstance(error, optuna.TrialPruned) or context.PRUNED_ATTR in attrs:
+            self._finish(study, trial, TrialState.PRUNED, None, None)
+            return False
+        trial.set_user_attr("traceback", "".join(traceback.format_exception(error))[-4000:])
+        reason = attrs.get(context.FAILURE_ATTR) or f"{type(error).__name__}: {error}"[:2000]
+        self._finish(study, trial, TrialState.FAIL, None, reason)
+        return True
+
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState,
+                values: list[float] | None, reason: str | None) -> None:
+        if reason is not None:
+            trial.set_user_attr(context.FAILURE_ATTR, reason)
+        run_id = trial.user_attrs.get(context.RUN_ID_ATTR)
+        frozen = study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        shown = f"value={values[0] if len(values or []) == 1 else values}" if values else (reason or "")
+        log.info("trial %d %s %s", frozen.number, frozen.state.name, shown)
+        if self.parent is not None:
+            self.parent.finish_child(run_id, frozen.number, frozen.state.name,
+                                     frozen.values[0] if frozen.values else None, frozen.params, reason,
+                                     was_interrupted=bool(frozen.user_attrs.get("interruptions")))
+
+    # ------------------------------------------------------------------ dead workers
+    def _requeue_interrupted(self, study: optuna.Study) -> None:
+        now = time.time()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get("worker") or {}
+            beat = trial.user_attrs.get("heartbeat")
+            why = None
+            if worker.get("machine") == self.machine and (worker.get("pid") == self.pid
+                                                           or not _alive(int(worker.get("pid", -1)))):
+                why = f"interrupted: its worker (pid {worker.get('pid')}) is gone"
+            elif self.grace_period and beat is not None and now - beat > self.grace_period:
+                why = f"interrupted: no heartbeat for {now - beat:.0f} s (worker {worker.get('machine')})"
+            if why:
+                self._requeue(study, trial, why)
+
+    def _requeue(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
+        """Back to WAITING: the next ask() (here or in another worker) repeats it with the same params."""
+        try:
+            history = list(trial.user_attrs.get("interruptions", [])) + [why]
+            study._storage.set_trial_user_attr(trial._trial_id, "interruptions", history)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # another worker finished it meanwhile
+        log.warning("trial %d %s: queued again", trial.number, why)
+        if self.parent is not None:
+            self.parent.mark_interrupted(trial.number, why)
+
+    # ------------------------------------------------------------------ end of the sweep
+    def _summarize(self, study: optuna.Study, study_name: str) -> dict[str, Any]:
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state.name for t in trials)
+        results: dict[str, Any] = {"name": "optuna", "study": study_name, "storage": self.storage_url,
+                                   "trials": dict(counts)}
+        best = None
+        if counts.get("COMPLETE"):
+            if len(study.directions) == 1:
+                best = study.best_trial
+                results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+            else:
+                results["best_trials"] = [{"number": t.number, "values": t.values, "params": t.params}
+                                          for t in study.best_trials]
+        log.info("study %r: %s; best: %s", study_name, dict(counts),
+                 results.get("best_params", results.get("best_trials")))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        if self.parent is not None:
+            self.parent.summarize(dict(counts), best, counts.get("RUNNING", 0))
+        return results
+
+
+def _objective_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
+    """The task's return value as floats, or the reason it cannot be told as COMPLETE."""
+    raw = list(value) if isinstance(value, list | tuple) else [value]
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        return None, f"the task returned {value!r}, not a number"
+    if len(values) != n_objectives:
+        return None, f"the task returned {len(values)} values for {n_objectives} objective(s)"
+    if not all(math.isfinite(v) for v in values):
+        return None, f"objective is {value} (diverged)"
+    return values, None
+

@@ -1,0 +1,320 @@
+"""The Optuna sweeper: search-space parsing and guards in-process; whole sweeps as subprocesses.
+
+The subprocess tests drive tests/_sweep_app/app.py, a Hydra app laid out like run.py (a `sweep` config
+group on the search path) whose objective is (x - 0.3)^2 + y and which can raise, diverge, sleep, or train
+a one-parameter Lightning model under the pruning callback. The storages are read back with optuna, the
+MLflow store with plain sqlite3 (an independent reader). The last test drives run.py itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FixedTrial, TrialState
+
+from optsweep.sweeper import guards
+from optsweep.sweeper.core import _objective_values, default_study_name
+from optsweep.sweeper.search_space import SearchSpace, parse_param
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "tests" / "_sweep_app" / "app.py"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")}
+    env.update(TOY_ROOT=str(root), TOY_SWEEPS=str(APP.parent / "sweeps"), HYDRA_FULL_ERROR="1",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def toy_sweep(root: Path, *overrides: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(APP), "-m", "sweep=toy", *overrides], env=_env(root),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def toy_popen(root: Path, *overrides: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(APP), "-m", "sweep=toy", *overrides], env=_env(root),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def the_study(root: Path) -> optuna.Study:
+    storage = f"sqlite:///{root}/outputs/optuna.db"
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def mlflow_runs(root: Path) -> list[dict]:
+    """Active runs with their status and tags, read straight from MLflow's sqlite tables."""
+    with sqlite3.connect(root / "outputs" / "mlflow.db") as db:
+        runs = db.execute("select run_uuid, status from runs where lifecycle_stage = 'active'").fetchall()
+        tags = db.execute("select run_uuid, key, value from tags").fetchall()
+    by_run = {run: {"status": status, "tags": {}} for run, status in runs}
+    for run, key, value in tags:
+        if run in by_run:
+            by_run[run]["tags"][key] = value
+    return [{"id": run, **info} for run, info in by_run.items()]
+
+
+def parent_and_children(root: Path) -> tuple[dict, list[dict]]:
+    runs = mlflow_runs(root)
+    parents = [r for r in runs if r["tags"].get("optuna.role") == "sweep"]
+    assert len(parents) == 1, [r["tags"] for r in parents]
+    children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parents[0]["id"]]
+    assert len(children) == len(runs) - 1, "every other run is a child of the sweep's run"
+    return parents[0], sorted(children, key=lambda r: int(r["tags"]["optuna.trial"]))
+
+
+def toy_objective(params: dict) -> float:
+    return (params["x"] - 0.3) ** 2 + params["y"]
+
+
+# ---------------------------------------------------------------------------------------------- search space
+def test_override_grammar_becomes_optuna_distributions():
+    assert parse_param("lr", "tag(log, interval(1e-4, 1e-2))").distribution == FloatDistribution(
+        1e-4, 1e-2, log=True)
+    assert parse_param("m", "interval(0.5, 0.99)").distribution == FloatDistribution(0.5, 0.99)
+    assert parse_param("n", "int(interval(1, 8))").distribution == IntDistribution(1, 8)
+    assert parse_param("r", "range(1, 9, 2)").distribution == IntDistribution(1, 7, step=2)
+    assert parse_param("o", "choice(adamw, sgd)").distribution == CategoricalDistribution(["adamw", "sgd"])
+    assert parse_param("o", "adamw,sgd").distribution == CategoricalDistribution(["adamw", "sgd"])
+    fixed = parse_param("optimizer.momentum_on", "none")
+    assert fixed.distribution is None and fixed.fixed == "none"
+    assert parse_param("w", 0.9).fixed == "0.9" and parse_param("b", True).fixed == "true"
+
+
+def test_trial_values_become_overrides_with_conditional_variants():
+    space, passthrough = SearchSpace.build(
+        {"x": "interval(0, 1)", "trainer.max_steps": 10},
+        {"adamw": {"optimizer": "adamw", "optimizer.lr": "tag(log, interval(1e-4, 1e-2))"},
+         "sgd": {"optimizer": "sgd", "optimizer.lr": "tag(log, interval(1e-3, 1.0))"}},
+        ["experiment=quickstart", "y=choice(0, 1)"],
+    )
+    assert passthrough == ["experiment=quickstart"]
+    trial = FixedTrial({"x": 0.25, "y": 1, "variant": "sgd", "optimizer.lr:sgd": 0.5})
+    assert space.suggest(trial) == ["x=0.25", "trainer.max_steps=10", "y=1", "optimizer=sgd",
+                                    "optimizer.lr=0.5"]
+    # the other variant's range is never sampled in an sgd trial
+    assert "optimizer.lr:adamw" not in trial.params
+
+
+def test_grid_and_clashes():
+    space, _ = SearchSpace.build({"a": "choice(1, 2)", "b": "range(0, 3)"},
+                                 {"v1": {"c": "x"}, "v2": {"c": "y"}}, [])
+    assert space.grid() == {"a": [1, 2], "b": [0, 1, 2], "variant": ["v1", "v2"]}
+    continuous, _ = SearchSpace.build({"a": "interval(0, 1)"}, None, [])
+    with pytest.raises(ValueError, match="grid sampler cannot enumerate"):
+        continuous.grid()
+    with pytest.raises(ValueError, match="sets \\['a'\\]"):
+        SearchSpace.build({"a": "choice(1, 2)"}, {"v": {"a": 3}}, [])
+
+
+def test_study_name_ignores_override_order_and_objective_values_are_checked():
+    assert default_study_name(["b=1", "a=2"]) == default_study_name(["a=2", "b=1"]) == "a=2 b=1"
+    assert _objective_values(1.5, 1) == ([1.5], None)
+    assert _objective_values(math.nan, 1)[1] == "objective is nan (diverged)"
+    assert _objective_values(math.inf, 1)[1] == "objective is inf (diverged)"
+    assert "not a number" in _objective_values("oops", 1)[1]
+    assert "2 values for 1 objective" in _objective_values([1.0, 2.0], 1)[1]
+
+
+def test_strategies_that_relaunch_the_script_are_refused():
+    from omegaconf import OmegaConf
+
+    def blocker(strategy, devices=1):
+        return guards.multirun_blocker(OmegaConf.create({"strategy": strategy, "trainer": {"devices": devices}}))
+
+    ddp = "lightning.pytorch.strategies.DDPStrategy"
+    assert "use strategy=ddp_spawn" in blocker({"_target_": ddp, "name": "ddp"})
+    assert blocker({"_target_": ddp, "name": "ddp_spawn", "start_method": "spawn"}, devices=2) is None
+    assert blocker({"_target_": "lightning.pytorch.strategies.ModelParallelStrategy", "name": "fsdp"})
+    assert blocker({"name": "auto"}) is None
+    assert blocker({"name": "auto"}, devices=2)
+    assert blocker("ddp") and blocker("ddp_spawn") is None
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """One study run twice: 3 trials (trial 1 diverges), then the same command with n_trials=5 (trial 3
+    raises). Returns (root, study after the first run, first run's output)."""
+    root = tmp_path_factory.mktemp("resume")
+    command = ("diverge_on=[1]", "raise_on=[3]")
+    first = toy_sweep(root, *command)
+    ok(first)
+    after_first = [(t.number, t.state, t.params) for t in the_study(root).trials]
+    runs_after_first = parent_and_children(root)
+    ok(toy_sweep(root, *command, "hydra.sweeper.n_trials=5"))
+    return root, after_first, runs_after_first
+
+
+def test_three_trial_sweep_with_a_diverging_trial(resumed):
+    _, trials, (parent, children) = resumed
+    assert [(n, s) for n, s, _ in trials] == [(0, TrialState.COMPLETE), (1, TrialState.FAIL),
+                                              (2, TrialState.COMPLETE)]
+    # MLflow: one parent, one child per trial, each with the state Optuna recorded
+    assert parent["status"] == "FINISHED"
+    assert [c["tags"]["optuna.trial"] for c in children] == ["0", "1", "2"]
+    assert [c["tags"]["optuna.state"] for c in children] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert [c["status"] for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert children[1]["tags"]["optuna.failure_reason"] == "non-finite loss at step 3"
+
+
+def test_rerun_with_more_trials_adds_exactly_the_difference(resumed):
+    root, first, _ = resumed
+    study = the_study(root)
+    trials = study.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    # the first three are the same trials, untouched
+    assert [(t.number, t.state, t.params) for t in trials[:3]] == first
+    diverged, raised = trials[1], trials[3]
+    assert diverged.user_attrs["failure_reason"] == "non-finite loss at step 3"
+    assert raised.state == TrialState.FAIL
+    assert raised.user_attrs["failure_reason"] == "RuntimeError: boom in trial 3"
+    assert "Traceback" in raised.user_attrs["traceback"]
+    # the sweep went on after each failure, and each value is the job's objective of the trial's params
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(toy_objective(t.params), rel=1e-12)
+            assert f"x={t.params['x']}" in t.user_attrs["overrides"]
+    assert trials[4].state == TrialState.COMPLETE
+    parent, children = parent_and_children(root)
+    assert [c["tags"]["optuna.trial"] for c in children] == ["0", "1", "2", "3", "4"]
+    assert float(parent["tags"]["optuna.best_trial"]) == study.best_trial.number
+
+
+def test_two_workers_share_one_study(tmp_path):
+    procs = [toy_popen(tmp_path, "hydra.sweeper.n_trials=6", "sleep=0.7", log=tmp_path / f"worker{i}.log")
+             for i in range(2)]
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=150) == 0, (tmp_path / f"worker{i}.log").read_text()[-4000:]
+    trials = the_study(tmp_path).trials
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.params["x"] for t in trials}) == 6, "workers must not draw the same points"
+    assert {t.user_attrs["worker"]["pid"] for t in trials} == {p.pid for p in procs}
+    _, children = parent_and_children(tmp_path)
+    assert [c["tags"]["optuna.trial"] for c in children] == [str(n) for n in range(6)]
+
+
+def test_killed_sweep_reruns_its_interrupted_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path}/outputs/optuna.db"
+    command = ("hydra.sweeper.n_trials=3", "sleep=2.5", "logger.mlflow.tracking_uri=null")
+    proc = toy_popen(tmp_path, *command, log=tmp_path / "killed.log")
+    deadline = time.time() + 120
+    running = None
+    while running is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+        except Exception:  # noqa: BLE001, S112 - the database or the study is still being created
+            continue
+        running = next((t for t in study.trials if t.number == 1 and t.state == TrialState.RUNNING
+                        and t.params), None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert running is not None, (tmp_path / "killed.log").read_text()[-3000:]
+
+    ok(toy_sweep(tmp_path, *command))
+    trials = the_study(tmp_path).trials
+    assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
+    assert trials[1].params == running.params, "the interrupted trial runs again with its own params"
+    assert trials[1].user_attrs["interruptions"] == [f"interrupted: its worker (pid {proc.pid}) is gone"]
+
+
+def test_pruning_callback_prunes_a_worse_trial(tmp_path):
+    proc = toy_sweep(tmp_path, "hydra.sweeper.n_trials=2", "lightning=true", "logger.mlflow.tracking_uri=null",
+                     "hydra.sweeper.pruner.n_startup_trials=1")
+    ok(proc)
+    first, second = the_study(tmp_path).trials
+    # validation every 2 steps of 8: the complete trial reported 4 values, w moving from 0 towards 1
+    assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [2, 4, 6, 8]
+    assert all(0 <= v <= 1 for v in first.intermediate_values.values())
+    # the second is 10 worse at every step (the toy adds 10 x trial number): stopped at its first report
+    assert second.state == TrialState.PRUNED
+    assert second.user_attrs["pruned_at_step"] == 2 and list(second.intermediate_values) == [2]
+    assert 10 <= second.intermediate_values[2] <= 11
+
+
+def test_multirun_with_ddp_fails_fast(tmp_path):
+    proc = toy_sweep(tmp_path, "strategy=ddp", timeout=60)
+    assert proc.returncode != 0
+    assert "Hydra multirun cannot train with strategy=ddp" in proc.stdout + proc.stderr
+    assert "use strategy=ddp_spawn" in proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs" / "optuna.db").exists(), "refused before any study or trial"
+
+
+# ---------------------------------------------------------------------------------------------- the project
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml") if p.stem != "base")
+
+
+def _compose(sweep: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"sweep={sweep}", f"hydra.searchpath=[file://{REPO}/sweeps]"],
+                       return_hydra_config=True)
+
+
+@pytest.mark.skipif(not (REPO / "conf" / "config.yaml").exists(), reason="needs the project's conf/")
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_project_sweeps_compose_and_parse(sweep):
+    cfg = _compose(sweep)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.optsweep_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    space, _ = SearchSpace.build(sweeper.params, sweeper.variants, [])
+    assert space.params or space.variants
+    optimizers = {p.stem for p in (REPO / "conf" / "optimizer").glob("*.yaml")}
+    named = {p.fixed for bundle in space.variants.values() for p in bundle if p.key == "optimizer"}
+    assert named <= optimizers and cfg.optimizer.name in optimizers
+    for bundle in space.variants.values():
+        for p in bundle:
+            if p.key.startswith("optimizer."):
+                assert p.key.removeprefix("optimizer.") in cfg.optimizer, p.key
+    for p in space.params:
+        assert p.key.removeprefix("optimizer.") in cfg.optimizer, p.key
+    if sweeper.sampler._target_.endswith("GridSampler"):
+        assert math.prod(len(v) for v in space.grid().values()) == sweeper.n_trials
+
+
+def test_ready_sweeps_cover_every_baseline():
+    baselines = {"adamw", "adam", "sgd", "stable_spam", "muon", "galore", "fira", "swan", "apollo", "apollo_mini"}
+    assert {f"lr_{b}" for b in baselines} <= set(SWEEPS)
+    assert {"scale_lr_momentum", "scale_normalization_ablation", "all_optimizers"} <= set(SWEEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "run.py").exists(), reason="needs run.py")
+def test_run_py_sweep_end_to_end(tmp_path):
+    """run.py under the sweeper: two quickstart trials of 2 steps, one parent and two children in MLflow."""
+    data_dir = REPO / "outputs" / "data"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "-m", "sweep=scale_lr_momentum", "experiment=quickstart",
+         "hydra.sweeper.n_trials=2", "train.max_steps=2", "train.warmup_steps=1", "train.eval_every_n_steps=2",
+         "train.eval_at_start=false", "data.val_tokens=2000", f"paths.root_dir={tmp_path}",
+         f"paths.data_dir={data_dir}", f"hydra.searchpath=[file://{REPO}/sweeps]"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")} | {"HYDRA_FULL_ERROR": "1"},
+        capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
+    )
+    ok(proc)
+    trials = the_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(math.isfinite(t.value) and set(t.params) == {"optimizer.lr", "optimizer.momentum"} for t in trials)
+    _, children = parent_and_children(tmp_path)
+    assert [c["tags"]["optuna.state"] for c in children] == ["COMPLETE", "COMPLETE"]
+    assert all(c["tags"].get("optimizer") == "scale" for c in children)
