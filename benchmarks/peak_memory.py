@@ -37,14 +37,17 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
+import warnings
 from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.autograd import DeviceType
 
@@ -209,6 +212,7 @@ class Row:
     step_transient: int = 0
     peak: int = 0
     rss_peak: int | None = None
+    lightning_peak: int | None = None
     skipped: str | None = None
 
     @property
@@ -278,6 +282,54 @@ def measure(name: str, factory, spec, args, device: torch.device, rss_only: bool
     return row
 
 
+class StepRegions(L.Callback):
+    """Opens the meter's "train step" region at an optimizer step's first micro batch, closes it after its
+    last (whose end follows the optimizer step)."""
+
+    def __init__(self, meter, accumulate: int) -> None:
+        self.meter = meter
+        self.accumulate = accumulate
+        self._region = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx % self.accumulate == 0:
+            self._region = self.meter.region("train step")
+            self._region.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % self.accumulate == 0:
+            self._region.__exit__(None, None, None)
+
+
+def measure_lightning(factory, spec, args, device: torch.device) -> int:
+    """The peak of the same steps through LlamaLitModule + Trainer with a run's callbacks (no logger)."""
+    from torch.utils.data import DataLoader
+
+    from optsweep.optim.schedules import WarmupConstant
+    from optsweep.training.callbacks import DivergenceGuard, SpeedMonitor
+    from optsweep.training.module import LlamaLitModule
+
+    batch = make_batch(args, spec.vocab_size, torch.device("cpu"))
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    meter = CudaMeter(device) if device.type == "cuda" else CpuMeter()
+    module = LlamaLitModule(spec, optimizer=factory, scheduler=WarmupConstant, max_steps=args.steps,
+                            warmup_steps=0)
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, precision="bf16-true" if args.dtype == "bf16" else "32-true",
+        max_steps=args.steps, accumulate_grad_batches=args.accumulate, logger=False,
+        callbacks=[SpeedMonitor(seq_len=args.seq_len), DivergenceGuard(), StepRegions(meter, args.accumulate)],
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    loader = DataLoader([batch] * (args.steps * args.accumulate), batch_size=None)
+    torch.manual_seed(args.seed)
+    with meter:
+        trainer.fit(module, train_dataloaders=loader)
+    del module, trainer
+    return meter.peaks["train step"]
+
+
 def warm_up_device(spec, args, device: torch.device) -> None:
     """One step of a small model first, so one-time allocations (cuBLAS workspaces, kernels' scratch) land
     before any optimizer's baseline instead of in the first row."""
@@ -302,7 +354,10 @@ def run_one(name: str, args, choice, composer: ConfigComposer, device: torch.dev
     if setup.factory is None:
         return Row(optimizer=name, skipped=setup.unavailable)
     try:
-        return measure(name, setup.factory, choice.spec, args, device, rss_only)
+        row = measure(name, setup.factory, choice.spec, args, device, rss_only)
+        if args.lightning and not rss_only:
+            row.lightning_peak = measure_lightning(setup.factory, choice.spec, args, device)
+        return row
     except Exception as error:  # noqa: BLE001 - an optimizer still being written must not stop the table
         first_line = str(error).splitlines()[0] if str(error) else ""
         return Row(optimizer=name, skipped=f"failed to step: {type(error).__name__}: {first_line}"[:160])
@@ -321,9 +376,11 @@ def rss_in_fresh_process(name: str, argv: list[str]) -> Row:
     return Row(**fields)
 
 
-def render(rows: list[Row], markdown: bool, with_rss: bool) -> str:
+def render(rows: list[Row], markdown: bool, with_rss: bool, with_lightning: bool) -> str:
     header = ["optimizer", "params MB", "grads MB", "state MB", "state/params", "analytic MB (w+g+s)",
               "resident MB", "step transient MB", "peak MB", "peak/analytic"]
+    if with_lightning:
+        header += ["Lightning peak MB", "Lightning/plain"]
     if with_rss:
         header.append("RSS peak MB")
     body = []
@@ -333,6 +390,8 @@ def render(rows: list[Row], markdown: bool, with_rss: bool) -> str:
         cells = [row.optimizer, f"{row.params / MB:.1f}", f"{row.grads / MB:.1f}", f"{row.state / MB:.1f}",
                  f"{row.state / row.params:.2f}", f"{row.analytic / MB:.1f}", f"{row.resident / MB:.1f}",
                  f"{row.step_transient / MB:.1f}", f"{row.peak / MB:.1f}", f"{row.peak / row.analytic:.2f}"]
+        if with_lightning:
+            cells += [f"{row.lightning_peak / MB:.1f}", f"{row.lightning_peak / row.peak:.2f}"]
         if with_rss:
             cells.append(f"{row.rss_peak / MB:.1f}" if row.rss_peak is not None else "-")
         body.append(cells)
@@ -384,6 +443,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                         help="weights, grads and states (default: bf16 on CUDA as bf16-true runs, fp32 on CPU)")
+    parser.add_argument("--lightning", action="store_true",
+                        help="also the peak of the same steps through LlamaLitModule + Trainer")
     parser.add_argument("--rss", action="store_true",
                         help="CPU: also the process RSS peak, from the same steps in a fresh process per optimizer")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -393,9 +454,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def quiet_lightning() -> None:
+    # Lightning's banners and hints are about this script's setup, not about what it measures.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    quiet_lightning()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -410,7 +479,7 @@ def main(argv=None) -> None:
     args.rss = args.rss and device.type == "cpu"
     print(describe(args, choice, device), flush=True)
     rows = []
-    child_argv = _without_option([a for a in argv if a != "--rss"], "--optimizers")
+    child_argv = _without_option([a for a in argv if a not in ("--rss", "--lightning")], "--optimizers")
     with ConfigComposer(CONF_DIR) as composer:
         warm_up_device(choice.spec, args, device)
         for name in names:
@@ -423,13 +492,16 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"  {name}: {'skipped' if row.skipped else 'done'}", file=sys.stderr, flush=True)
     print()
-    print(render(rows, args.markdown, with_rss=args.rss))
+    print(render(rows, args.markdown, with_rss=args.rss, with_lightning=args.lightning))
     print()
     print("  analytic = weights + grads + optimizer state (state_bytes of the real optimizer after the steps); "
           "resident = held after the last optimizer.step(), before zero_grad")
     print("  step transient = most optimizer.step() held above both its start and its end (temporaries); "
           "peak = most held during a training step (activations included), above what was held before the "
           "model was built")
+    if args.lightning:
+        print("  Lightning peak: the same steps through LlamaLitModule + Trainer (SpeedMonitor, DivergenceGuard, no "
+              "logger); Lightning zeroes gradients after the next forward, not after the step")
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:

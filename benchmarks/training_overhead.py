@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from optsweep.models.llama import build_llama, count_parameters, flops_per_token
+from optsweep.models.llama import ModelSpec, build_llama, count_parameters, flops_per_token
 from optsweep.optim.schedules import WarmupCosine
 from optsweep.report.memory import ConfigComposer, optimizer_setup, parse_model
 from optsweep.training.callbacks import DivergenceGuard, SpeedMonitor, StepProgressBar
@@ -55,7 +56,8 @@ from optsweep.training.module import LlamaLitModule
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PAD_ID = 0
 VARIANTS = {
-    "plain": "plain PyTorch loop (authors' script style)",
+    "plain": "plain PyTorch loop (authors' script style, without its host syncs)",
+    "plain+syncs": "the same with the authors' syncs: .item() of tokens seen per micro batch, of the loss per step",
     "trainer": "Lightning Trainer + our module, no callbacks",
     "ours": "+ SpeedMonitor, DivergenceGuard (a run's callbacks, no bar, no logger)",
     "ours+bar": "+ StepProgressBar(refresh_rate=1), as conf/callbacks/default.yaml",
@@ -68,10 +70,10 @@ PRECISION_DTYPE = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "bf16-
 @dataclass
 class Setup:
     args: argparse.Namespace
-    spec: object
+    spec: ModelSpec
     device: torch.device
     precision: str
-    optimizer_factory: object
+    optimizer_factory: Callable[..., torch.optim.Optimizer]
     init_state: dict
     batches: list[dict]
 
@@ -139,8 +141,9 @@ def make_batches(count: int, micro_batch: int, seq_len: int, vocab_size: int, pa
 
 
 # ------------------------------------------------------------------------------------------ plain loop
-def run_plain(setup: Setup) -> RunResult:
+def run_plain(setup: Setup, authors_syncs: bool = False) -> RunResult:
     a = setup.args
+    tokens_seen = 0
     model = build_llama(setup.spec, pad_token_id=PAD_ID)
     model.load_state_dict(setup.init_state)
     model.to(device=setup.device, dtype=PRECISION_DTYPE[setup.precision])
@@ -162,9 +165,13 @@ def run_plain(setup: Setup) -> RunResult:
                 loss = model(**batch).loss
             (loss / a.accumulate).backward()
             losses.append(loss.detach())
+            if authors_syncs:  # GaLore's torchrun_main.py counts non-pad tokens this way, every micro batch
+                tokens_seen += (batch["input_ids"] != PAD_ID).sum().item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if authors_syncs:  # ... and logs loss.item() to wandb after every update
+            loss.item()
         if step + 1 == a.warmup:
             setup.sync()
             start = (time.perf_counter(), time.process_time())
@@ -179,9 +186,8 @@ class Stopwatch(L.Callback):
     """Clocks the timed steps at the same point of the cycle as the plain loop, and keeps every micro
     batch's loss (Lightning hands callbacks the loss already divided by the accumulation)."""
 
-    def __init__(self, setup: Setup, initial_state: dict) -> None:
-        self.setup_ = setup
-        self.initial_state = initial_state
+    def __init__(self, bench: Setup) -> None:
+        self.bench = bench
         self.losses: list[torch.Tensor] = []
         self.start: tuple[float, float] | None = None
         self.end: tuple[float, float] | None = None
@@ -193,19 +199,19 @@ class Stopwatch(L.Callback):
         # the plain loop's .to(dtype) does).
         with torch.no_grad():
             for name, tensor in pl_module.llama.state_dict().items():
-                tensor.copy_(self.initial_state[name])
+                tensor.copy_(self.bench.init_state[name])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"] * self.setup_.args.accumulate)
+        self.losses.append(outputs["loss"])  # scaled back at the comparison, not here: no extra kernel
         step = trainer.global_step
         if step == self._last_step:
             return
         self._last_step = step
-        if step == self.setup_.args.warmup:
-            self.setup_.sync()
+        if step == self.bench.args.warmup:
+            self.bench.sync()
             self.start = (time.perf_counter(), time.process_time())
-        elif step == self.setup_.args.warmup + self.setup_.args.steps:
-            self.setup_.sync()
+        elif step == self.bench.args.warmup + self.bench.args.steps:
+            self.bench.sync()
             self.end = (time.perf_counter(), time.process_time())
 
 
@@ -214,13 +220,13 @@ def run_lightning(setup: Setup, variant: str, workdir: Path) -> RunResult:
     module = LlamaLitModule(
         model_spec=setup.spec,
         optimizer=setup.optimizer_factory,
-        scheduler=lambda warmup_steps, total_steps: setup.schedule(),
+        scheduler=WarmupCosine,  # as a run's config gives it: completed with warmup_steps and total_steps
         max_steps=setup.total_steps,
         warmup_steps=setup.schedule().warmup_steps,
         pad_token_id=PAD_ID,
         compile=a.compile,
     )
-    stopwatch = Stopwatch(setup, setup.init_state)
+    stopwatch = Stopwatch(setup)
     callbacks = []
     if variant != "trainer":
         callbacks += [SpeedMonitor(seq_len=a.seq_len), DivergenceGuard(check_every_n_steps=10)]
@@ -250,8 +256,9 @@ def run_lightning(setup: Setup, variant: str, workdir: Path) -> RunResult:
         trainer.fit(module, train_dataloaders=setup.loader())
     if stopwatch.end is None:
         raise RuntimeError(f"{variant}: the run ended at step {trainer.global_step} before the timed steps")
-    return RunResult(seconds=stopwatch.end[0] - stopwatch.start[0], cpu_seconds=stopwatch.end[1] - stopwatch.start[1],
-                     losses=stopwatch.losses)
+    losses = [loss * a.accumulate for loss in stopwatch.losses]
+    return RunResult(seconds=stopwatch.end[0] - stopwatch.start[0],
+                     cpu_seconds=stopwatch.end[1] - stopwatch.start[1], losses=losses)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -263,8 +270,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: llama_tiny)")
     parser.add_argument("--vocab-size", type=int, default=8192,
                         help="vocabulary for a model whose config leaves it to the tokenizer (default: 8192)")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--accumulate", type=int, default=2, help="micro batches per optimizer step")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps before them")
@@ -276,8 +283,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument("--no-padding", action="store_true", help="full-length rows (the packed format)")
     parser.add_argument("--log-every", type=int, default=10, help="Trainer log_every_n_steps (a run's default)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "plain+syncs"),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all but plain+syncs, "
+                             "whose syncs cost nothing on a CPU)")
     parser.add_argument("--check-steps", type=int, default=3,
                         help="optimizer steps whose losses must agree with the plain loop's")
     parser.add_argument("--threads", type=int, default=None,
@@ -354,18 +362,18 @@ def render(setup: Setup, results: dict[str, list[RunResult]], agreement, markdow
     for variant, runs in results.items():
         rates = [tokens / r.seconds for r in runs]
         ms = 1e3 * statistics.median(r.seconds for r in runs) / a.steps
-        ours = variant != "plain"
+        compared = variant != "plain"
         row = [variant, f"{median_rate(runs, 'seconds'):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
                f"{ms:.1f}"]
         plain_ms = 1e3 * statistics.median(r.seconds for r in plain) / a.steps
-        row += [f"{100 * (median_rate(plain, 'seconds') / median_rate(runs, 'seconds') - 1):+.1f}%" if ours else "-",
-                f"{ms - plain_ms:+.1f}" if ours else "-"]
+        row += [f"{100 * (median_rate(plain, 'seconds') / median_rate(runs, 'seconds') - 1):+.1f}%" if compared else "-",
+                f"{ms - plain_ms:+.1f}" if compared else "-"]
         if on_cpu:
             cpu_ms = 1e3 * statistics.median(r.cpu_seconds for r in runs) / a.steps
             overhead = median_rate(plain, "cpu_seconds") / median_rate(runs, "cpu_seconds") - 1
-            row += [f"{cpu_ms:.1f}", f"{100 * overhead:+.1f}%" if ours else "-"]
+            row += [f"{cpu_ms:.1f}", f"{100 * overhead:+.1f}%" if compared else "-"]
         first, whole = agree.get(variant, (None, None))
-        row.append(f"{first:.1e} / {whole:.1e}" if ours else "-")
+        row.append(f"{first:.1e} / {whole:.1e}" if compared else "-")
         rows.append(row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -408,12 +416,16 @@ def main(argv=None) -> None:
     setup = build_setup(args)
     print(describe(setup), flush=True)
     results: dict[str, list[RunResult]] = {v: [] for v in args.variants}
+    run_plain(setup)  # untimed: the process's first steps pay for lazy initialisation, whichever side runs
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             # rotate the order so no variant always runs first (cold caches) or last (a drifting machine)
             order = args.variants[repeat % len(args.variants):] + args.variants[:repeat % len(args.variants)]
             for variant in order:
-                result = run_plain(setup) if variant == "plain" else run_lightning(setup, variant, Path(tmp))
+                if variant.startswith("plain"):
+                    result = run_plain(setup, authors_syncs=variant == "plain+syncs")
+                else:
+                    result = run_lightning(setup, variant, Path(tmp))
                 results[variant].append(result)
                 print(f"  repeat {repeat + 1}/{args.repeats} {variant:<12} "
                       f"{setup.timed_tokens / result.seconds:>12,.0f} tokens/s", file=sys.stderr, flush=True)

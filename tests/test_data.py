@@ -11,6 +11,9 @@ import hashlib
 import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -51,8 +54,24 @@ def same_batches(a, b) -> bool:
 
 
 @pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory) -> Path:
-    return sample.ensure_sample(tmp_path_factory.mktemp("data") / "sample")
+def sample_builds(tmp_path_factory):
+    """The sample built here, and built again by another process with another hash seed (in parallel)."""
+    root = tmp_path_factory.mktemp("data")
+    elsewhere = root / "built_elsewhere"
+    script = "import sys; from optsweep.data import sample; sample.build(sys.argv[1])"
+    other = subprocess.Popen([sys.executable, "-c", script, str(elsewhere)],
+                             env={**os.environ, "PYTHONHASHSEED": "12345"})
+    try:
+        yield sample.ensure_sample(root / "sample"), elsewhere, other
+    finally:
+        if other.poll() is None:
+            other.kill()
+        other.wait()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(sample_builds) -> Path:
+    return sample_builds[0]
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +116,9 @@ def test_sample_is_c4_format_with_disjoint_splits(sample_dir):
     assert (sample_dir / "tokenizer.json").exists()
 
 
-def test_sample_build_is_deterministic_and_cached(sample_dir, tmp_path, monkeypatch):
-    second = tmp_path / "again"
-    sample.build(second)
+def test_sample_build_is_deterministic_and_cached(sample_builds, monkeypatch):
+    sample_dir, second, other = sample_builds
+    assert other.wait(timeout=300) == 0
     files = sorted(p.name for p in sample_dir.iterdir())
     assert files == sorted(p.name for p in second.iterdir())
     for name in files:

@@ -215,6 +215,33 @@ def test_row_normalisation_is_over_the_other_dim():
     torch.testing.assert_close(rms(emb, 1), torch.ones(emb.shape[0]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("normalization", ["column", "row"])
+def test_blocked_cpu_paths_match_the_formula_on_uneven_blocks(monkeypatch, normalization, dtype):
+    import optsweep.optim.scale as scale_module
+
+    monkeypatch.setattr(scale_module, "_CPU_BLOCK", 7 * 30)  # 7 rows per block: 100 rows end unevenly
+    torch.manual_seed(3)
+    weights = {role: torch.randn(100, 30).to(dtype) for role in ("hidden", "embedding", "output")}
+    grads = [{role: torch.randn(100, 30).to(dtype) for role in weights} for _ in range(2)]
+    start = {role: w.float().clone() for role, w in weights.items()}
+    optimizer = SCALE([{"params": [w], "role": role} for role, w in weights.items()], lr=0.1,
+                      normalization=normalization, momentum_on="all", momentum=0.5)
+    momentum = {role: torch.zeros(100, 30) for role in weights}
+    expected = dict(start)
+    for step_grads in grads:
+        for role, w in weights.items():
+            w.grad = step_grads[role]
+            momentum[role] = 0.5 * momentum[role] + 0.5 * step_grads[role].float()
+            dim = 0 if (role == "embedding") == (normalization == "column") else 1
+            expected[role] = expected[role] - 0.1 * momentum[role] / rms(momentum[role], dim).unsqueeze(dim)
+        optimizer.step()
+    # bf16: weights and momentum are rounded to 8 bits each step
+    tolerance = {"atol": 1e-6, "rtol": 0} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    for role, w in weights.items():
+        torch.testing.assert_close(w.float(), expected[role], **tolerance)
+
+
 def test_sign_updates_move_every_entry_by_lr_or_not_at_all():
     model = tiny()
     random_grads(model)

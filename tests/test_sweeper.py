@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -148,12 +149,48 @@ def test_strategies_that_relaunch_the_script_are_refused():
     assert blocker("ddp") and blocker("ddp_spawn") is None
 
 
+def test_a_job_in_another_process_finds_its_trial_through_the_storage(tmp_path, monkeypatch):
+    from optsweep.sweeper import context
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()
+    trial = study.ask()
+    assert context.current() is None  # not in a sweep
+    monkeypatch.setenv(context.SWEEP_ENV, context.sweep_environment(
+        storage, "s", {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 3}, "parent-run"))
+    monkeypatch.setenv(context.TRIAL_ENV, str(trial._trial_id))
+    ctx = context.current()
+    assert ctx.number == 1 and ctx.parent_run_id == "parent-run"
+    assert ctx.mlflow_tags() == {"optuna.study": "s", "optuna.trial": "1", "mlflow.parentRunId": "parent-run"}
+    assert isinstance(ctx.trial.study.pruner, optuna.pruners.MedianPruner)
+    ctx.failure_reason = "non-finite loss at step 7"
+    ctx.run_id = "child-run"
+    stored = optuna.load_study(study_name="s", storage=storage).trials[1].user_attrs
+    assert stored == {"failure_reason": "non-finite loss at step 7", "mlflow_run_id": "child-run"}
+
+
 # ---------------------------------------------------------------------------------------------- sweeps
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def mlflow_store(tmp_path_factory):
+    """An empty MLflow sqlite store, created once: creating its tables costs several seconds per store."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    create = f"from mlflow import MlflowClient; MlflowClient('sqlite:///{path}').search_experiments()"
+    subprocess.run([sys.executable, "-c", create], check=True, capture_output=True)
+    return path
+
+
+def with_mlflow_store(root: Path, store: Path) -> Path:
+    (root / "outputs").mkdir(parents=True, exist_ok=True)
+    shutil.copy(store, root / "outputs" / "mlflow.db")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, mlflow_store):
     """One study run twice: 3 trials (trial 1 diverges), then the same command with n_trials=5 (trial 3
     raises). Returns (root, study after the first run, first run's output)."""
-    root = tmp_path_factory.mktemp("resume")
+    root = with_mlflow_store(tmp_path_factory.mktemp("resume"), mlflow_store)
     command = ("diverge_on=[1]", "raise_on=[3]")
     first = toy_sweep(root, *command)
     ok(first)
@@ -198,7 +235,8 @@ def test_rerun_with_more_trials_adds_exactly_the_difference(resumed):
     assert float(parent["tags"]["optuna.best_trial"]) == study.best_trial.number
 
 
-def test_two_workers_share_one_study(tmp_path):
+def test_two_workers_share_one_study(tmp_path, mlflow_store):
+    with_mlflow_store(tmp_path, mlflow_store)
     procs = [toy_popen(tmp_path, "hydra.sweeper.n_trials=6", "sleep=0.7", log=tmp_path / f"worker{i}.log")
              for i in range(2)]
     for i, proc in enumerate(procs):
@@ -212,29 +250,53 @@ def test_two_workers_share_one_study(tmp_path):
     assert [c["tags"]["optuna.trial"] for c in children] == [str(n) for n in range(6)]
 
 
-def test_killed_sweep_reruns_its_interrupted_trial(tmp_path):
+def test_interrupted_trials_run_again_with_their_params(tmp_path):
+    """Run 1: trial 1 stops as on SIGTERM (checkpoint saved): it is queued again and the sweep exits.
+    Run 2: trial 1 runs again, then the worker is killed (-9) during trial 2. Run 3: trial 2 runs again."""
     storage = f"sqlite:///{tmp_path}/outputs/optuna.db"
-    command = ("hydra.sweeper.n_trials=3", "sleep=2.5", "logger.mlflow.tracking_uri=null")
-    proc = toy_popen(tmp_path, *command, log=tmp_path / "killed.log")
-    deadline = time.time() + 120
-    running = None
+    command = ("hydra.sweeper.n_trials=3", "logger.mlflow.tracking_uri=null")
+    env = _env(tmp_path)
+
+    first = subprocess.run([sys.executable, str(APP), "-m", "sweep=toy", *command], capture_output=True,
+                           text=True, timeout=120, check=False, env=env | {"TOY_INTERRUPT_ON": "1"})
+    assert first.returncode == 128 + signal.SIGTERM, first.stdout[-2000:] + first.stderr[-3000:]
+    trials = the_study(tmp_path).trials
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.WAITING)]
+    assert trials[1].user_attrs["interruptions"] == ["interrupted: stopped by SIGTERM"]
+    params_1 = trials[1].params
+
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen([sys.executable, str(APP), "-m", "sweep=toy", *command], env=env | {"TOY_SLEEP": "3"},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline, running = time.time() + 120, None
     while running is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
-        except Exception:  # noqa: BLE001, S112 - the database or the study is still being created
-            continue
-        running = next((t for t in study.trials if t.number == 1 and t.state == TrialState.RUNNING
+        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+        running = next((t for t in study.trials if t.number == 2 and t.state == TrialState.RUNNING
                         and t.params), None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert running is not None, (tmp_path / "killed.log").read_text()[-3000:]
+    assert running is not None, log.read_text()[-3000:]
 
     ok(toy_sweep(tmp_path, *command))
     trials = the_study(tmp_path).trials
     assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
-    assert trials[1].params == running.params, "the interrupted trial runs again with its own params"
-    assert trials[1].user_attrs["interruptions"] == [f"interrupted: its worker (pid {proc.pid}) is gone"]
+    assert trials[1].params == params_1 and trials[2].params == running.params
+    assert trials[2].user_attrs["interruptions"] == [f"interrupted: its worker (pid {proc.pid}) is gone"]
+    assert all(t.value == pytest.approx(toy_objective(t.params)) for t in trials)
+
+
+def test_grid_with_variants_runs_each_point_once(tmp_path):
+    proc = subprocess.run([sys.executable, str(APP), "-m", "sweep=toy_grid", "logger.mlflow.tracking_uri=null"],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=150, check=False)
+    ok(proc)
+    assert "the grid is exhausted (4 points)" in proc.stdout + proc.stderr
+    trials = the_study(tmp_path).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    points = sorted((t.params["variant"], t.params["y"], t.value) for t in trials)
+    assert [(v, y) for v, y, _ in points] == [("high", 0.0), ("high", 1.0), ("low", 0.0), ("low", 1.0)]
+    # (x - 0.3)^2 + y with x = 0.9 (high) or 0.1 (low): the variant's override reached the job
+    assert [value for *_, value in points] == pytest.approx([0.36, 1.36, 0.04, 1.04])
 
 
 def test_pruning_callback_prunes_a_worse_trial(tmp_path):

@@ -1,7 +1,9 @@
 """A stand-in for run.py in the sweeper tests: same sweep layout, a cheap objective with switches to raise,
-diverge, sleep, or train a one-parameter Lightning model under the pruning callback."""
+diverge, sleep, stop as if on SIGTERM, or train a one-parameter Lightning model under the pruning callback."""
 
 import math
+import os
+import signal
 import time
 
 import hydra
@@ -48,6 +50,14 @@ def _fit_with_pruning(cfg: DictConfig, ctx: context.TrialContext) -> float:
     return float(trainer.callback_metrics["val/loss"])
 
 
+class Interrupted(Exception):
+    """Like optsweep.training's: training stopped on a signal after saving its checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     ctx = context.current()
@@ -59,7 +69,10 @@ def main(cfg: DictConfig) -> float:
     if number in cfg.diverge_on:
         ctx.failure_reason = "non-finite loss at step 3"
         return math.inf
-    time.sleep(cfg.sleep)
+    # test knobs outside the config, so that the command (and thus the study) stays the same
+    if str(number) in os.environ.get("TOY_INTERRUPT_ON", "").split(","):
+        raise Interrupted(signal.SIGTERM)
+    time.sleep(float(os.environ.get("TOY_SLEEP", cfg.sleep)))
     if cfg.lightning:
         return _fit_with_pruning(cfg, ctx)
     return (cfg.x - 0.3) ** 2 + cfg.y

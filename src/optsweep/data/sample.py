@@ -73,29 +73,37 @@ def help_topics() -> Iterator[tuple[str, str]]:
 def stdlib_docstrings() -> Iterator[tuple[str, str]]:
     """(docstring, url) for every module, class and function of the stdlib's .py files, in path order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        p for p in root.rglob("*.py") if not _SKIP_PARTS.intersection(p.relative_to(root).parts)
-    )
-    for path in files:
-        relative = path.relative_to(root).as_posix()
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in _SKIP_PARTS]  # site-packages is in there too
+        files += [Path(folder, n).relative_to(root).as_posix() for n in names if n.endswith(".py")]
+    for relative in sorted(files):
         try:
-            tree = ast.parse(path.read_bytes(), filename=relative)
+            tree = ast.parse((root / relative).read_bytes(), filename=relative)
         except (SyntaxError, ValueError):  # e.g. lib2to3's deliberately broken fixtures
             continue
         module = relative[: -len(".py")].replace("/", ".").removesuffix(".__init__")
-        yield from _walk_docstrings(tree, module, relative)
-
-
-def _walk_docstrings(node: ast.AST, qualname: str, relative: str) -> Iterator[tuple[str, str]]:
-    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-        doc = ast.get_docstring(node, clean=True)
+        doc = ast.get_docstring(tree, clean=True)
         if doc:
-            yield doc, _source_url(relative, qualname)
-    for child in ast.iter_child_nodes(node):
-        name = getattr(child, "name", None)
-        inner = f"{qualname}.{name}" if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
-            else qualname
-        yield from _walk_docstrings(child, inner, relative)
+            yield doc, _source_url(relative, module)
+        yield from _walk_docstrings(tree.body, module, relative)
+
+
+def _walk_docstrings(body: list, qualname: str, relative: str) -> Iterator[tuple[str, str]]:
+    """Docstrings of the classes and functions in a statement list, nested ones included; expressions,
+    which hold no definitions, are not visited (most of a syntax tree)."""
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = f"{qualname}.{node.name}"
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                yield doc, _source_url(relative, name)
+            yield from _walk_docstrings(node.body, name, relative)
+        else:  # if/for/while/with/try/match bodies, except handlers and match cases
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list):
+                    yield from _walk_docstrings(inner, qualname, relative)
 
 
 def collect_documents(min_chars: int = RECIPE["min_chars"]) -> list[dict]:
@@ -253,3 +261,21 @@ def _sha256(path: Path) -> str:
 def describe(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m optsweep.data.sample [folder]``: build (or check) the sample and print its summary."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the embedded sample corpus (C4 format + tokenizer).")
+    parser.add_argument("folder", nargs="?", default=None, help=f"default: {default_cache_dir()}")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    folder = ensure_sample(args.folder)
+    manifest = describe(folder)
+    print(f"{folder} ready in {time.perf_counter() - started:.1f} s: {manifest['documents']} documents, "
+          f"{manifest['characters']} characters, vocab {manifest['vocab_size']}, python {RECIPE['python']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ the role of a weight comes from :mod:`optsweep.optim.groups` rather than from mo
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -209,7 +210,8 @@ class SCALE(torch.optim.Optimizer):
     def _matrix_step(self, group: dict, role: str, params: list[torch.Tensor]) -> None:
         lr, beta = group["lr"], group["momentum"]
         normalization = group["normalization"]
-        directions = [p.grad for p in params]
+        grads = [p.grad for p in params]
+        buffers = None
         if beta > 0 and _keeps_momentum(group["momentum_on"], role):
             buffers = []
             for p in params:
@@ -217,16 +219,16 @@ class SCALE(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
-            torch._foreach_lerp_([local(b) for b in buffers], [local(g) for g in directions], 1.0 - beta)
-            directions = buffers
         local_params = [local(p) for p in params]
         if group["weight_decay"]:
             torch._foreach_mul_(local_params, 1.0 - lr * group["weight_decay"])
 
         if normalization in ("column", "row"):
             dims = [reduce_dims(role, normalization, p.ndim) for p in params]
-            self._normalized_update(local_params, directions, dims, lr)
-        elif normalization == "sign":
+            self._normalized_update(local_params, grads, buffers, beta, dims, lr)
+            return
+        directions = _momentum_(grads, buffers, beta)
+        if normalization == "sign":
             signs = torch._foreach_sign([local(d) for d in directions])
             torch._foreach_add_(local_params, signs, alpha=-lr)
         elif normalization == "newton_schulz":
@@ -236,29 +238,51 @@ class SCALE(torch.optim.Optimizer):
         else:  # "none": plain SGD
             torch._foreach_add_(local_params, [local(d) for d in directions], alpha=-lr)
 
-    def _normalized_update(self, local_params: list[torch.Tensor], directions: list[torch.Tensor],
-                           dims: list[tuple[int, ...]], lr: float) -> None:
-        """``p -= lr * d / RMS(d over dims)`` for each matrix, the RMS in fp32 and the update in one op."""
-        sizes = [math.prod(d.shape[i] for i in dim) for d, dim in zip(directions, dims)]
-        eager = list(range(len(directions)))
-        if self._use_compiled(local_params):
-            # Only reductions that need no collective can live inside the compiled graph.
-            fused = [i for i in eager if not set(dims[i]) & sharded_dims(directions[i])]
-            if fused and self._run_compiled([local_params[i] for i in fused],
-                                            [local(directions[i]) for i in fused],
-                                            tuple(dims[i] for i in fused), tuple(sizes[i] for i in fused), lr):
-                eager = [i for i in eager if i not in set(fused)]
-        if not eager:
+    def _normalized_update(self, local_params: list[torch.Tensor], grads: list[torch.Tensor],
+                           buffers: list[torch.Tensor] | None, beta: float, dims: list[tuple[int, ...]],
+                           lr: float) -> None:
+        """``p -= lr * d / RMS(d over dims)`` per matrix (``d``: the gradient or its EMA), in one of three ways.
+
+        The RMS is always fp32 and the update one fused op. Three paths, by what is fastest where:
+        compiled (CUDA by default: one kernel per matrix); on CPU, when each row has its own RMS, row blocks
+        that stay in cache from the momentum through the statistic to the update; otherwise whole tensors,
+        all-reducing the sums of squares over a sharded dim.
+        """
+        sizes = [math.prod(g.shape[i] for i in dim) for g, dim in zip(grads, dims)]
+        compiled, rows, whole = [], [], []
+        use_compiled = self._use_compiled(local_params)
+        for i, g in enumerate(grads):
+            if set(dims[i]) & sharded_dims(g):
+                whole.append(i)  # a reduction over the sharded dim needs a collective: not in a fused path
+            elif use_compiled:
+                compiled.append(i)
+            elif local_params[i].device.type == "cpu" and 0 not in dims[i]:
+                rows.append(i)
+            else:
+                whole.append(i)
+        for i in rows:
+            _rowwise_update_(local_params[i], local(grads[i]), None if buffers is None else local(buffers[i]),
+                             beta, dims[i], sizes[i], lr)
+        if buffers is not None:
+            others = compiled + whole
+            _momentum_([grads[i] for i in others], [buffers[i] for i in others], beta)
+        directions = grads if buffers is None else buffers
+        if compiled and not self._run_compiled([local_params[i] for i in compiled],
+                                               [local(directions[i]) for i in compiled],
+                                               tuple(dims[i] for i in compiled),
+                                               tuple(sizes[i] for i in compiled), lr):
+            whole += compiled
+        if not whole:
             return
         inverse_rms = []
-        for i in eager:
+        for i in whole:
             sums = _local_sum_of_squares(local(directions[i]), dims[i])
             inverse_rms.append(all_reduce_sharded(sums, directions[i], dims[i]))
-        torch._foreach_mul_(inverse_rms, [1.0 / sizes[i] for i in eager])
+        torch._foreach_mul_(inverse_rms, [1.0 / sizes[i] for i in whole])
         torch._foreach_clamp_min_(inverse_rms, _MEAN_SQUARE_FLOOR)
         torch._foreach_rsqrt_(inverse_rms)
         # p + (-lr) * d * inv is evaluated in fp32 and rounded once into p's dtype (bf16 loses nothing more).
-        torch._foreach_addcmul_([local_params[i] for i in eager], [local(directions[i]) for i in eager],
+        torch._foreach_addcmul_([local_params[i] for i in whole], [local(directions[i]) for i in whole],
                                 inverse_rms, value=-lr)
 
     def _use_compiled(self, local_params: list[torch.Tensor]) -> bool:
@@ -289,6 +313,16 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"SCALE: unknown {name} {value!r}; valid values: {', '.join(choices)}")
 
 
+def _momentum_(grads: list[torch.Tensor], buffers: list[torch.Tensor] | None,
+               beta: float) -> list[torch.Tensor]:
+    """Update the EMAs ``m = beta m + (1 - beta) g`` in place; the directions (the EMAs, or the grads)."""
+    if buffers is None:
+        return grads
+    if buffers:
+        torch._foreach_lerp_([local(b) for b in buffers], [local(g) for g in grads], 1.0 - beta)
+    return buffers
+
+
 def _keeps_momentum(momentum_on: str, role: str) -> bool:
     return momentum_on == "all" or (momentum_on == "last" and role == "output")
 
@@ -304,19 +338,36 @@ def reduce_dims(role: str, normalization: str, ndim: int) -> tuple[int, ...]:
 
 def _local_sum_of_squares(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """fp32 sum of squares of a plain tensor over ``dims``, keepdim."""
-    contiguous_rows = dims == tuple(range(1, x.ndim)) and x.is_contiguous()
-    if x.device.type != "cpu" or x.numel() == 0 or (x.dtype == torch.float32 and contiguous_rows):
-        # One reduction kernel reading x once (CUDA's reads bf16 and accumulates in fp32 directly).
+    if x.device.type != "cpu" or x.numel() == 0 or 0 not in dims:
+        # One reduction kernel reading x once (on CUDA it reads bf16 and accumulates in fp32 directly).
         return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32).square_()
-    rows_per_block = max(1, _CPU_BLOCK // max(1, x[0].numel()))
-    if 0 in dims:
-        total = None
-        for block in x.split(rows_per_block):
-            part = torch.square(block.to(torch.float32)).sum(dim=dims, keepdim=True)
-            total = part if total is None else total.add_(part)
-        return total
-    return torch.cat([torch.square(block.to(torch.float32)).sum(dim=dims, keepdim=True)
-                      for block in x.split(rows_per_block)])
+    # CPU, over the leading dim (the embedding's vocabulary): vector_norm is ~10x slower there than a
+    # streaming op, and a full-size fp32 square would be a fresh allocation whose page faults cost more
+    # than the arithmetic. Accumulate the squares of row blocks into one cache-sized fp32 block instead.
+    rows = max(1, _CPU_BLOCK // x[0].numel())
+    acc = torch.zeros((min(rows, x.shape[0]), *x.shape[1:]), dtype=torch.float32)
+    for block in x.split(rows):
+        acc[: block.shape[0]].addcmul_(block, block)
+    return acc.sum(dim=dims, keepdim=True)
+
+
+def _rowwise_update_(p: torch.Tensor, g: torch.Tensor, buffer: torch.Tensor | None, beta: float,
+                     dims: tuple[int, ...], size: int, lr: float) -> None:
+    """CPU, one RMS per row: EMA, statistic and update block by block, each block read from memory once.
+
+    Done on whole tensors, the direction would be streamed from memory three times (EMA, statistic,
+    update); a block of ``_CPU_BLOCK`` elements is still in cache for the second and third.
+    """
+    if g.numel() == 0:
+        return
+    rows = max(1, _CPU_BLOCK // g[0].numel())
+    buffer_blocks = buffer.split(rows) if buffer is not None else itertools.repeat(None)
+    # d / RMS(d) = sqrt(size) * d / ||d||: the clamp moves onto the norm and the scale into the step size.
+    root = math.sqrt(size)
+    for p_block, g_block, m_block in zip(p.split(rows), g.split(rows), buffer_blocks):
+        d = g_block if m_block is None else m_block.lerp_(g_block, 1.0 - beta)
+        norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True, dtype=torch.float32)
+        p_block.addcdiv_(d, norm.clamp_min_(RMS_FLOOR * root), value=-lr * root)
 
 
 def _normalized_update_fp32(params, directions, dims, sizes, lr) -> None:

@@ -94,11 +94,8 @@ def current() -> TrialContext | None:
     if not trial_id:
         return None
     ctx = _active.get(int(trial_id))
-    if ctx is None:
-        ctx = _from_storage(int(trial_id))
-        if ctx is not None:
-            _active[int(trial_id)] = ctx
-    return ctx
+    # outside the sweeper's process: a new Trial object on the storage (call current() once per job)
+    return ctx if ctx is not None else _from_storage(int(trial_id))
 
 
 @contextmanager

@@ -167,8 +167,13 @@ class OptunaSweep:
         space, passthrough = SearchSpace.build(self.params, self.variants, arguments)
         study_name = self.study_name or default_study_name(arguments)
         self.grid = space.grid() if self.sampler_cfg._target_.endswith("GridSampler") else None
-        sampler = instantiate(self.sampler_cfg, search_space=self.grid) if self.grid else instantiate(
-            self.sampler_cfg)
+        if self.grid:
+            sampler = instantiate(self.sampler_cfg, search_space=self.grid)
+            # GridSampler.after_trial calls study.stop() once the grid is done, which raises outside
+            # study.optimize(); this loop checks the grid itself (_grid_taken)
+            sampler.after_trial = lambda *args, **kwargs: None
+        else:
+            sampler = instantiate(self.sampler_cfg)
         # A fixed seed would make every worker draw the same points: reseed per trial number instead (the
         # grid's and QMC's seed fixes their order, which all workers must share).
         target = self.sampler_cfg._target_
@@ -193,6 +198,10 @@ class OptunaSweep:
             self._absolute_url(), study_name, OmegaConf.to_container(self.pruner_cfg, resolve=True), parent_id)
         try:
             self._loop(study, study_name, space, passthrough, parent_id)
+        except BaseException:
+            if self.parent is not None:
+                self.parent.stopped()
+            raise
         finally:
             if saved_env is None:
                 os.environ.pop(context.SWEEP_ENV, None)

@@ -158,6 +158,11 @@ class SweepRun:
             self.client.set_terminated(run_id, status="KILLED")
 
     @_guarded
+    def stopped(self) -> None:
+        """This worker's part of the sweep ended early (signal, error); a rerun sets it RUNNING again."""
+        self.client.set_terminated(self.run_id, status="KILLED")
+
+    @_guarded
     def summarize(self, counts: dict[str, int], best: Any | None, running_elsewhere: int) -> None:
         for state, count in counts.items():
             self.client.log_metric(self.run_id, f"trials_{state.lower()}", count)

@@ -36,10 +36,12 @@ def detect_peak_flops() -> float | None:
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss; the message carries the step, the lr and the last finite loss."""
 
-    def __init__(self, step: int, lr: float, last_finite_loss: float | None) -> None:
+    def __init__(self, step: int, lr: float, last_finite_loss: float | None, detected_at: int | None = None,
+                 what: str = "loss") -> None:
         last = f"{last_finite_loss:.4f}" if last_finite_loss is not None else "none yet"
+        seen = f" (detected at step {detected_at})" if detected_at is not None and detected_at != step else ""
         super().__init__(
-            f"training diverged: non-finite loss by step {step} at lr {lr:.3g} (last finite loss {last}); "
+            f"training diverged: non-finite {what} at step {step}{seen}, lr {lr:.3g}, last finite loss {last}; "
             "lower optimizer.lr or raise train.warmup_steps"
         )
         self.step = step
@@ -119,39 +121,90 @@ class DivergenceGuard(L.Callback):
     """Stops training on a non-finite loss, with the step, the lr and the last finite loss in the message.
 
     The check reads a device flag every ``check_every_n_steps`` optimizer steps (1 = every step, at the
-    price of one host sync per step on GPU).
+    price of one host sync per step on GPU), and always right before a checkpoint is written, so a diverged
+    state never becomes the last good checkpoint.
+
+    ``max_skipped_steps`` > 0 tolerates rare overflows (e.g. in bf16): an optimizer step whose gradients are
+    not all finite is skipped (its grads are dropped, so the optimizer leaves those parameters and their
+    state alone) up to that many times over the run; the next one stops the run. This inspects the
+    gradients before every optimizer step, i.e. one host sync per step.
     """
 
-    def __init__(self, check_every_n_steps: int = 10) -> None:
+    def __init__(self, check_every_n_steps: int = 10, max_skipped_steps: int = 0) -> None:
+        if check_every_n_steps < 1 or max_skipped_steps < 0:
+            raise ValueError("check_every_n_steps must be >= 1 and max_skipped_steps >= 0")
         self.check_every_n_steps = check_every_n_steps
-        self._nonfinite: torch.Tensor | None = None
+        self.max_skipped_steps = max_skipped_steps
+        self.skipped_steps = 0
+        self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
+        self._first_bad_step: torch.Tensor | None = None  # the step that produced it (kept on the device)
         self._last_loss: torch.Tensor | None = None
+        self._step_sum: torch.Tensor | None = None  # loss summed over the micro batches of the step in progress
+        self._skipping = False
         self.last_finite_loss: float | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.max_skipped_steps:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+        if trainer.world_size > 1:  # every rank must take the same decision
+            finite = trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
+        self._skipping = not bool(finite)
+        if not self._skipping:
+            return
+        self.skipped_steps += 1
+        if self.skipped_steps > self.max_skipped_steps:
+            self.check(trainer, force=True, what=f"gradient ({self.skipped_steps - 1} steps skipped before)")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        pl_module.log_metrics({"train/skipped_steps": self.skipped_steps})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        loss = loss.detach()
-        bad = ~torch.isfinite(loss)
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        self._last_loss = torch.where(bad, self._last_loss, loss) if self._last_loss is not None else loss
+        loss = loss.detach().float()
+        self._step_sum = loss if self._step_sum is None else self._step_sum + loss
+        if trainer.fit_loop._should_accumulate():
+            return
         step = trainer.global_step
+        step_loss, self._step_sum = self._step_sum, None
+        bad = ~torch.isfinite(step_loss)
+        if self._skipping:  # this step's non-finite loss was dealt with by skipping the update
+            self._skipping = False
+        else:
+            if self._nonfinite is None:
+                self._nonfinite, self._first_bad_step = bad, torch.full_like(step_loss, step, dtype=torch.long)
+            else:
+                here = torch.full_like(self._first_bad_step, step)
+                self._first_bad_step = torch.where(self._nonfinite, self._first_bad_step, here)
+                self._nonfinite = self._nonfinite | bad
+            last = self._last_loss if self._last_loss is not None else torch.full_like(step_loss, math.nan)
+            self._last_loss = torch.where(bad, last, step_loss)
         checkpoint = trainer.checkpoint_callback
         every_ckpt = getattr(checkpoint, "_every_n_train_steps", 0) or 0
-        # Also check right before every checkpoint, so a diverged state is never saved as the last good one.
         if (step % self.check_every_n_steps == 0 or step >= trainer.max_steps
                 or (every_ckpt and step % every_ckpt == 0)):
             self.check(trainer)
 
-    def check(self, trainer) -> None:
-        if self._nonfinite is None:
-            return
-        last = float(self._last_loss)
-        self.last_finite_loss = last if math.isfinite(last) else self.last_finite_loss
-        if bool(self._nonfinite):
+    def check(self, trainer, force: bool = False, what: str = "loss") -> None:
+        if self._last_loss is not None:
+            last = float(self._last_loss)
+            self.last_finite_loss = last if math.isfinite(last) else self.last_finite_loss
+        bad = self._nonfinite is not None and bool(self._nonfinite)
+        if bad or force:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            raise DivergenceError(trainer.global_step, lr, self.last_finite_loss)
+            step = int(self._first_bad_step) if bad else trainer.global_step + 1
+            raise DivergenceError(step, lr, self.last_finite_loss, detected_at=trainer.global_step,
+                                  what="loss" if bad else what)
+
+    def state_dict(self) -> dict:
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped_steps = state_dict.get("skipped_steps", 0)
 
 
 class StepProgressBar(TQDMProgressBar):

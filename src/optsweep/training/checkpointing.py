@@ -83,7 +83,8 @@ def read_checkpoint_meta(path: str) -> dict[str, Any]:
     return checkpoint.get("optsweep", {})
 
 
-def check_compatible(meta: dict[str, Any], path: str, optimizer: str, model: str) -> None:
+def check_compatible(meta: dict[str, Any], path: str, optimizer: str, model: str,
+                     world_size: int | None = None) -> None:
     saved_optimizer, saved_model = meta.get("optimizer"), meta.get("model")
     if saved_model is not None and saved_model != model:
         raise CheckpointError(
@@ -94,6 +95,15 @@ def check_compatible(meta: dict[str, Any], path: str, optimizer: str, model: str
         raise CheckpointError(
             f"checkpoint {path} was trained with optimizer={saved_optimizer}, not optimizer={optimizer}: "
             f"resume with optimizer={saved_optimizer} or start fresh without train.ckpt_path"
+        )
+    saved_world = meta.get("world_size")
+    if saved_world is not None and world_size is not None and saved_world != world_size:
+        # The train stream's position is saved per rank (each rank reads its own documents), and it cannot
+        # be re-split over another number of ranks without repeating or skipping data.
+        raise CheckpointError(
+            f"checkpoint {path} was saved by {saved_world} processes but this run has {world_size}, and the "
+            f"data stream's position is per process: resume with {saved_world} processes in all "
+            f"(trainer.devices x trainer.num_nodes)"
         )
 
 

@@ -78,14 +78,16 @@ def build_strategy(strategy_cfg: DictConfig, world: int):
     return instantiate(options)
 
 
-def build_loggers(cfg: DictConfig, parent_run_id: str | None, resume_run_id: str | None = None) -> list:
+def build_loggers(cfg: DictConfig, trial=None, resume_run_id: str | None = None) -> list:
     loggers = []
     for key, logger_cfg in (cfg.get("logger") or {}).items():
         if key == "mlflow":
             tags = tracking.run_tags(cfg)
-            if parent_run_id:
-                tags["mlflow.parentRunId"] = parent_run_id
-            logger = instantiate(logger_cfg, tags=tags, run_id=resume_run_id)
+            extra = {}
+            if trial is not None:  # a sweep trial: a child of the sweep's parent run, named by its number
+                tags.update(trial.mlflow_tags())
+                extra["run_name"] = f"{tracking.run_name(cfg)}-{trial.run_name()}"
+            logger = instantiate(logger_cfg, tags=tags, run_id=resume_run_id, **extra)
             if resume_run_id:  # continue the interrupted run, shown as running again
                 logger.experiment.update_run(resume_run_id, status="RUNNING")
             loggers.append(logger)
@@ -121,7 +123,8 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = find_resume_checkpoint(cfg.train.get("ckpt_path"), cfg.paths.ckpt_dir)
     meta = read_checkpoint_meta(ckpt_path) if ckpt_path else {}
     if ckpt_path:
-        check_compatible(meta, ckpt_path, optimizer=cfg.optimizer.name, model=cfg.model.name)
+        check_compatible(meta, ckpt_path, optimizer=cfg.optimizer.name, model=cfg.model.name,
+                         world_size=budget.world_size)
         log.info("resuming from %s", ckpt_path)
 
     datamodule = instantiate(cfg.data)
@@ -139,18 +142,16 @@ def train(cfg: DictConfig) -> float:
         compile=cfg.train.compile,
         activation_checkpointing=cfg.train.activation_checkpointing,
         fsdp=OmegaConf.to_container(cfg.strategy.fsdp, resolve=True) if "fsdp" in cfg.strategy else None,
-        run_meta={"optimizer": cfg.optimizer.name, "model": cfg.model.name, "seed": cfg.seed},
+        run_meta={"optimizer": cfg.optimizer.name, "model": cfg.model.name, "seed": cfg.seed,
+                  "world_size": budget.world_size},
     )
 
     trial = _trial_context()
-    loggers = build_loggers(cfg, parent_run_id=getattr(trial, "parent_run_id", None),
-                            resume_run_id=meta.get("mlflow_run_id"))
+    loggers = build_loggers(cfg, trial=trial, resume_run_id=meta.get("mlflow_run_id"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
-    if trial is not None and getattr(trial, "trial", None) is not None:
-        from optsweep.sweeper.pruning import OptunaPruning
-
-        callbacks.append(OptunaPruning(trial.trial, monitor="val/loss"))
+    if trial is not None:
+        callbacks.append(trial.pruning_callback(monitor="val/loss"))
 
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -186,7 +187,7 @@ def train(cfg: DictConfig) -> float:
         if trainer.global_step % cfg.train.eval_every_n_steps:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     except DivergenceError as error:
-        log.error("%s", error)
+        log.error("%s; objective +inf", error)
         if trial is not None:
             trial.failure_reason = str(error)
         return math.inf
