@@ -90,25 +90,29 @@ def candidates(model: torch.nn.Module, device: str, with_compile: bool) -> dict[
     return makers
 
 
-def time_steps(optimizer, device: str, warmup: int, repeats: int) -> float:
+def time_steps(optimizer, device: str, warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
+    """Median step time in ms and how many steps it is over (fewer than asked once ``budget_s`` is spent)."""
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
+    start = time.perf_counter()
     for _ in range(warmup):
         optimizer.step()
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        if times and time.perf_counter() - start > budget_s:
+            break
+        begin = time.perf_counter()
         optimizer.step()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times) * 1e3, len(times)
 
 
 def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, repeats: int,
-              with_compile: bool) -> tuple[list[tuple[str, float, int]], list[str]]:
+              with_compile: bool, only: set[str], budget_s: float) -> tuple[list[tuple[str, float, int]], list[str]]:
     torch.manual_seed(0)
     model = build_llama(model_spec(model_name), device=device).to(dtype)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -116,16 +120,20 @@ def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, rep
         p.grad = torch.randn(p.shape, generator=generator, device=device, dtype=dtype)
     rows, notes = [], []
     for name, make in candidates(model, device, with_compile).items():
+        if only and name not in only and name.split(" (")[0] not in only:
+            continue
         try:
             optimizer = make()
         except (ImportError, AttributeError) as error:
             notes.append(f"{name}: skipped, not implemented yet ({type(error).__name__}: {error})")
             continue
         try:
-            ms = time_steps(optimizer, device, warmup, repeats)
+            ms, timed = time_steps(optimizer, device, warmup, repeats, budget_s)
         except Exception as error:  # noqa: BLE001 - one broken optimizer must not hide the others
             notes.append(f"{name}: failed ({type(error).__name__}: {error})")
             continue
+        if timed < repeats:
+            notes.append(f"{name}: median of {timed} step(s) only, its {budget_s:.0f} s budget was spent")
         rows.append((name, ms, state_bytes(optimizer)))
         del optimizer
         gc.collect()
@@ -159,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--compile", action="store_true", help="on CPU, add a torch.compile'd SCALE row")
+    parser.add_argument("--budget", type=float, default=60.0,
+                        help="seconds per optimizer; a slower one is timed over fewer steps")
+    parser.add_argument("--only", nargs="+", default=[], help="these optimizers only (plus their variants)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
           f"after {args.warmup}\n")
     for model_name in args.models:
         rows, notes = benchmark(model_name, args.device, DTYPES[args.dtype], args.warmup, args.repeats,
-                                args.compile)
+                                args.compile, set(args.only), args.budget)
         print(render(model_name, rows, notes, args.markdown))
         print()
 

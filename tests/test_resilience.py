@@ -161,7 +161,7 @@ def test_guard_skips_up_to_k_nonfinite_steps():
 
 def test_guard_stops_on_one_more_than_k():
     guard = DivergenceGuard(check_every_n_steps=1, max_skipped_steps=1)
-    with pytest.raises(DivergenceError, match=r"non-finite gradient at step 4 .*lr 0.25.*last finite loss"):
+    with pytest.raises(DivergenceError, match=r"non-finite gradient \(after 1 skipped.*\) at step 4, lr 0.25, last finite loss 2.2500"):
         fit(guard, bad_steps={2, 4})
 
 

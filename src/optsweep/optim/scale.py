@@ -123,6 +123,7 @@ class SCALE(torch.optim.Optimizer):
         }
         self._compile = compile
         self._compiled_update: Callable | None = None
+        self._lr_tensors: dict[torch.device, torch.Tensor] = {}
         super().__init__(params, defaults)
 
     @classmethod
@@ -298,8 +299,11 @@ class SCALE(torch.optim.Optimizer):
             if self._compiled_update is None:
                 self._compiled_update = torch.compile(_normalized_update_fp32, dynamic=False)
             # A tensor, not a float: a Python lr would be baked into the graph and recompile every step.
-            lr_tensor = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
-            self._compiled_update(params, directions, dims, sizes, lr_tensor)
+            # One per device, refilled in place: no host-device copy, so no synchronisation.
+            device = params[0].device
+            if device not in self._lr_tensors:
+                self._lr_tensors[device] = torch.zeros((), dtype=torch.float32, device=device)
+            self._compiled_update(params, directions, dims, sizes, self._lr_tensors[device].fill_(lr))
             return True
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the eager path
             warnings.warn(f"SCALE: torch.compile of the update failed ({type(error).__name__}: {error}); "

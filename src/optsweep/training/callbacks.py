@@ -155,7 +155,8 @@ class DivergenceGuard(L.Callback):
             return
         self.skipped_steps += 1
         if self.skipped_steps > self.max_skipped_steps:
-            self.check(trainer, force=True, what=f"gradient ({self.skipped_steps - 1} steps skipped before)")
+            self.check(trainer, force=True,
+                       what=f"gradient (after {self.max_skipped_steps} skipped, divergence.max_skipped_steps)")
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
@@ -197,7 +198,7 @@ class DivergenceGuard(L.Callback):
         if bad or force:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             step = int(self._first_bad_step) if bad else trainer.global_step + 1
-            raise DivergenceError(step, lr, self.last_finite_loss, detected_at=trainer.global_step,
+            raise DivergenceError(step, lr, self.last_finite_loss, detected_at=trainer.global_step if bad else None,
                                   what="loss" if bad else what)
 
     def state_dict(self) -> dict:
