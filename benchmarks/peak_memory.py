@@ -27,7 +27,7 @@ How memory is measured, honestly:
   that process's resident-set (RSS) peak above its RSS before the model was built: it includes all of
   those, and whatever else the process touches, so it is the upper figure of the two.
 
-    python benchmarks/peak_memory.py                        # small CPU default, ~1-2 min
+    python benchmarks/peak_memory.py                        # small CPU default, a few minutes
     python benchmarks/peak_memory.py --model llama_60m --seq-len 256 --micro-batch 32 --device cuda
 """
 

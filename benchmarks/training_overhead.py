@@ -140,6 +140,12 @@ def make_batches(count: int, micro_batch: int, seq_len: int, vocab_size: int, pa
     return batches
 
 
+def fresh_compile() -> None:
+    """Each run compiles its own model in its warmup steps; without a reset, the runs' fresh models would
+    pile up recompilations until dynamo's cache limit makes it fall back to eager without saying so."""
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------------------------------ plain loop
 def run_plain(setup: Setup, authors_syncs: bool = False) -> RunResult:
     a = setup.args
@@ -148,6 +154,7 @@ def run_plain(setup: Setup, authors_syncs: bool = False) -> RunResult:
     model.load_state_dict(setup.init_state)
     model.to(device=setup.device, dtype=PRECISION_DTYPE[setup.precision])
     if a.compile:
+        fresh_compile()
         model = torch.compile(model)
     model.train()
     optimizer = setup.optimizer_factory(model=getattr(model, "_orig_mod", model))
@@ -226,6 +233,8 @@ def run_lightning(setup: Setup, variant: str, workdir: Path) -> RunResult:
         pad_token_id=PAD_ID,
         compile=a.compile,
     )
+    if a.compile:
+        fresh_compile()
     stopwatch = Stopwatch(setup)
     callbacks = []
     if variant != "trainer":
@@ -320,9 +329,9 @@ def build_setup(args: argparse.Namespace) -> Setup:
     return Setup(args, spec, device, precision, optimizer.factory, init_state, batches)
 
 
-def quiet_lightning() -> None:
+def quiet_libraries() -> None:
     # Lightning's banners and "few workers" hints are about the benchmark's setup, not what it measures.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
     warnings.filterwarnings("ignore", message=r".*(num_workers|log_every_n_steps|LeafSpec|MLflow).*")
@@ -412,7 +421,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads or not (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())):
         torch.set_num_threads(args.threads or 1)
-    quiet_lightning()
+    quiet_libraries()
     setup = build_setup(args)
     print(describe(setup), flush=True)
     results: dict[str, list[RunResult]] = {v: [] for v in args.variants}

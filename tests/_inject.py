@@ -23,7 +23,7 @@ class SignalAt(L.Callback):
 
 
 class NanAt(L.Callback):
-    """Sets one weight to NaN right after optimizer step ``step``, so the loss of step ``step + 1`` is NaN."""
+    """Sets the first entry of every weight to NaN after optimizer step ``step``: step ``step + 1``'s loss is NaN."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -31,7 +31,8 @@ class NanAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step and not trainer.fit_loop._should_accumulate():
             with torch.no_grad():
-                next(pl_module.parameters()).view(-1)[0] = float("nan")
+                for p in pl_module.parameters():
+                    p.view(-1)[0] = float("nan")
 
 
 # --- driving run.py in a subprocess (as tests/test_run_e2e.py does) ---------------------------------------
@@ -44,11 +45,12 @@ def run_py(tmp, *overrides: str, timeout: int = 300):
     import subprocess
     import sys
 
+    path = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PROJECT_ROOT": str(tmp), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     env.pop("HYDRA_FULL_ERROR", None)
     cmd = [sys.executable, str(ROOT / "run.py"), f"paths.data_dir={tmp.parent / 'shared-data'}", *overrides]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
 
 
 def mlflow_run(tmp, experiment: str = "quickstart"):

@@ -44,6 +44,7 @@ _MEAN_SQUARE_FLOOR = RMS_FLOOR**2  # clamping RMS at 1e-8 == clamping the mean s
 # CPU reductions square and sum in blocks of this many elements: a full-size fp32 temporary costs more in
 # page faults than the arithmetic, and vector_norm over a leading dim is ~10x slower than a sum there.
 _CPU_BLOCK = 1 << 18
+_COMPILE_CHUNK = 8  # matrices per compiled call
 
 
 class SCALE(torch.optim.Optimizer):
@@ -125,6 +126,16 @@ class SCALE(torch.optim.Optimizer):
         self._compiled_update: Callable | None = None
         self._lr_tensors: dict[torch.device, torch.Tensor] = {}
         super().__init__(params, defaults)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_compile": self._compile}
+
+    def __setstate__(self, state: dict) -> None:
+        # What a pickle or deepcopy carries is the choice; compiled code and its lr tensors are rebuilt.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_compile", None)
+        self._compiled_update = None
+        self._lr_tensors = {}
 
     @classmethod
     def for_model(
@@ -303,7 +314,17 @@ class SCALE(torch.optim.Optimizer):
             device = params[0].device
             if device not in self._lr_tensors:
                 self._lr_tensors[device] = torch.zeros((), dtype=torch.float32, device=device)
-            self._compiled_update(params, directions, dims, sizes, self._lr_tensors[device].fill_(lr))
+            lr_tensor = self._lr_tensors[device].fill_(lr)
+            # Calls over a few same-shaped matrices at a time: every decoder layer reuses the same few
+            # graphs, so compilation stays short and within dynamo's recompile limit at any depth.
+            alike: dict[tuple, list[int]] = {}
+            for i, (p, d) in enumerate(zip(params, directions)):
+                alike.setdefault((tuple(p.shape), p.dtype, d.dtype, dims[i]), []).append(i)
+            for indices in alike.values():
+                for start in range(0, len(indices), _COMPILE_CHUNK):
+                    chunk = indices[start:start + _COMPILE_CHUNK]
+                    self._compiled_update([params[i] for i in chunk], [directions[i] for i in chunk],
+                                          tuple(dims[i] for i in chunk), tuple(sizes[i] for i in chunk), lr_tensor)
             return True
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the eager path
             warnings.warn(f"SCALE: torch.compile of the update failed ({type(error).__name__}: {error}); "

@@ -135,6 +135,12 @@ class GracefulShutdown(L.Callback):
             received = int(trainer.strategy.reduce(flag, reduce_op="max").item()) or None
         if received is None or trainer.fit_loop._should_accumulate():
             return
+        # Lightning calls the module's own on_train_batch_end after the callbacks': let it log this step
+        # first (it does so once per step), and never save a diverged state as the last good one.
+        pl_module.on_train_batch_end(outputs, batch, batch_idx)
+        for callback in trainer.callbacks:
+            if hasattr(callback, "check") and callback.__class__.__name__ == "DivergenceGuard":
+                callback.check(trainer)
         path = None
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath:
