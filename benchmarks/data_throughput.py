@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--workers", default="0,2", help="dataloader worker counts, comma-separated")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=15, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--path", default=str(default_cache_dir()), help="the sample's cache folder")
     p.add_argument("--c4-length-docs", action="store_true", help="also measure C4-length documents")

@@ -35,7 +35,8 @@ class NaiveSCALE(torch.optim.Optimizer):
     The yardstick for what vectorising and fusing buy; the same method as optsweep.optim.scale.SCALE.
     """
 
-    def __init__(self, model: torch.nn.Module, lr: float = 1e-3, adam_lr: float = 2e-2, momentum: float = 0.9):
+    def __init__(self, model: torch.nn.Module, lr: float = 1e-3, adam_lr: float = 2e-2,
+                 momentum: float = 0.9):
         split = split_parameters(model)
         groups = [{"params": split.of(role), "role": role, "lr": adam_lr if role == "vector" else lr}
                   for role in ("hidden", "embedding", "output", "vector") if split.of(role)]
@@ -90,35 +91,44 @@ def candidates(model: torch.nn.Module, device: str, with_compile: bool) -> dict[
     return makers
 
 
-def time_steps(optimizer, device: str, warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
-    """Median step time in ms and how many steps it is over (fewer than asked once ``budget_s`` is spent)."""
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    start = time.perf_counter()
-    for _ in range(warmup):
-        optimizer.step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        if times and time.perf_counter() - start > budget_s:
-            break
-        begin = time.perf_counter()
-        optimizer.step()
-        sync()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times) * 1e3, len(times)
+def timed_step(optimizer, device: str) -> float:
+    """Seconds one step takes (the GPU included)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    begin = time.perf_counter()
+    optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - begin
 
 
-def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, repeats: int,
-              with_compile: bool, only: set[str], budget_s: float) -> tuple[list[tuple[str, float, int]], list[str]]:
+def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, repeats: int, with_compile: bool,
+              only: set[str], budget_s: float, sequential: bool) -> tuple[list[tuple], list[str]]:
+    """(name, median step ms, state bytes) per optimizer, and notes on those skipped or cut short.
+
+    By default the timed steps go round-robin, one step of each optimizer per round, so that a shared
+    machine's load drifts over all of them alike; ``sequential`` times one optimizer at a time instead and
+    keeps only one optimizer's state in memory.
+    """
     torch.manual_seed(0)
     model = build_llama(model_spec(model_name), device=device).to(dtype)
     generator = torch.Generator(device=device).manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=generator, device=device, dtype=dtype)
-    rows, notes = [], []
+    times: dict[str, list[float]] = {}
+    sizes: dict[str, int] = {}
+    live: dict[str, torch.optim.Optimizer] = {}
+    notes = []
+
+    def measure(round_robin: dict[str, torch.optim.Optimizer]) -> None:
+        for _ in range(repeats):
+            for name, optimizer in list(round_robin.items()):
+                times[name].append(timed_step(optimizer, device))
+                if sum(times[name]) > budget_s:  # a very slow one stops being timed, the others go on
+                    notes.append(f"{name}: median of {len(times[name])} step(s), its {budget_s:.0f} s "
+                                 "budget spent")
+                    del round_robin[name]
+
     for name, make in candidates(model, device, with_compile).items():
         if only and name not in only and name.split(" (")[0] not in only:
             continue
@@ -128,15 +138,24 @@ def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, rep
             notes.append(f"{name}: skipped, not implemented yet ({type(error).__name__}: {error})")
             continue
         try:
-            ms, timed = time_steps(optimizer, device, warmup, repeats, budget_s)
+            warm = [timed_step(optimizer, device) for _ in range(warmup)]
         except Exception as error:  # noqa: BLE001 - one broken optimizer must not hide the others
             notes.append(f"{name}: failed ({type(error).__name__}: {error})")
             continue
-        if timed < repeats:
-            notes.append(f"{name}: median of {timed} step(s) only, its {budget_s:.0f} s budget was spent")
-        rows.append((name, ms, state_bytes(optimizer)))
+        sizes[name] = state_bytes(optimizer)
+        times[name] = []
+        if warm and min(warm) * repeats > budget_s:
+            times[name] = [min(warm)]
+            notes.append(f"{name}: warm-up step time only ({min(warm):.1f} s a step, over its budget)")
+        elif sequential:
+            measure({name: optimizer})
+        else:
+            live[name] = optimizer
+            continue
         del optimizer
         gc.collect()
+    measure(live)
+    rows = [(name, statistics.median(ts) * 1e3, sizes[name]) for name, ts in times.items() if ts]
     return rows, notes
 
 
@@ -167,8 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--compile", action="store_true", help="on CPU, add a torch.compile'd SCALE row")
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="seconds per optimizer; a slower one is timed over fewer steps")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="seconds of timed steps per optimizer; a slower one is timed over fewer steps")
+    parser.add_argument("--sequential", action="store_true",
+                        help="time one optimizer at a time (less memory) instead of round-robin")
     parser.add_argument("--only", nargs="+", default=[], help="these optimizers only (plus their variants)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
           f"after {args.warmup}\n")
     for model_name in args.models:
         rows, notes = benchmark(model_name, args.device, DTYPES[args.dtype], args.warmup, args.repeats,
-                                args.compile, set(args.only), args.budget)
+                                args.compile, set(args.only), args.budget, args.sequential)
         print(render(model_name, rows, notes, args.markdown))
         print()
 

@@ -248,8 +248,10 @@ def run_lightning(setup: Setup, variant: str, workdir: Path) -> RunResult:
 
         loggers.append(CSVLogger(save_dir=str(workdir / "csv"), name="bench"))
     if variant == "ours+mlflow":
+        import mlflow  # noqa: F401 - imported here so that its logging setup runs before we quiet it
         from lightning.pytorch.loggers import MLFlowLogger
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         loggers.append(MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{workdir}/mlflow.db",
                                     synchronous=False))
     trainer = L.Trainer(
@@ -331,7 +333,7 @@ def build_setup(args: argparse.Namespace) -> Setup:
 
 def quiet_libraries() -> None:
     # Lightning's banners and "few workers" hints are about the benchmark's setup, not what it measures.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "mlflow"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
     warnings.filterwarnings("ignore", message=r".*(num_workers|log_every_n_steps|LeafSpec|MLflow).*")
@@ -365,7 +367,7 @@ def render(setup: Setup, results: dict[str, list[RunResult]], agreement, markdow
     header = ["variant", "tokens/s", "min..max", "ms/step", "overhead", "+ms/step"]
     if on_cpu:
         header += ["CPU ms/step", "overhead (CPU time)"]
-    header.append(f"max |dloss| first {a.check_steps} steps / all")
+    header.append(f"max abs dloss, first {a.check_steps} steps / all")
     agree = {v: (f, w) for v, f, w in agreement}
     rows = []
     for variant, runs in results.items():

@@ -98,8 +98,7 @@ def compare_all(rank: int) -> dict:
             model.zero_grad(set_to_none=True)
 
         sharded = naive = moved = 0.0
-        for (name, p), q, q0 in zip(model.named_parameters(), whole.parameters(),
-                                    build_llama_start(spec, build_llama)):
+        for p, q, q0 in zip(model.parameters(), whole.parameters(), build_llama_start(spec, build_llama)):
             mine = keep_local(q.detach(), p)  # this rank's rows of the unsharded result
             sharded = max(sharded, (local(p).detach() - mine).abs().max().item())
             naive = max(naive, (shards[id(p)].detach() - mine).abs().max().item())

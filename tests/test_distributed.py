@@ -86,13 +86,15 @@ def test_fsdp2_matches_ddp(corpus, optimizer):
 def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus):
     tmp_ddp, ddp = curves(corpus, "ddp", "adamw")
     ckpt = next((tmp_ddp / "outputs" / "checkpoints").rglob("step0000002.ckpt"))
-    tmp = corpus[0] / "ddp-to-fsdp"
-    result = run_py(tmp, *args(corpus, "optimizer=adamw", *TWO["fsdp"], f"train.ckpt_path={ckpt}",
-                              "strategy.save_distributed_checkpoint=false"), timeout=600)
+    # same outputs folder: the resume continues the DDP run's MLflow run, so steps 3-4 are logged twice
+    result = run_py(tmp_ddp, *args(corpus, "optimizer=adamw", *TWO["fsdp"], f"train.ckpt_path={ckpt}",
+                                   "strategy.save_distributed_checkpoint=false"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = history(tmp, "train/loss", "dist")
-    assert sorted(resumed) == [3, 4]
-    close({s: v[0] for s, v in resumed.items()}, {s: ddp["train/loss"][s] for s in (3, 4)}, TOL_FSDP)
+    resumed = history(tmp_ddp, "train/loss", "dist")
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in (3, 4):
+        assert len(resumed[step]) == 2
+        assert abs(resumed[step][1] - resumed[step][0]) <= TOL_FSDP, resumed[step]
 
 
 def test_other_world_size_on_resume_says_why_not(corpus):

@@ -81,7 +81,8 @@ def test_nan_stops_with_step_lr_last_loss_and_keeps_last_good_checkpoint(tmp_pat
     # checkpoint) stops at step 8 before the step-8 checkpoint is written.
     result = run_py(tmp_path, *BASE, *inject("NanAt", step=6))
     assert result.returncode == 0, result.stderr[-3000:]  # a diverged run is a result (+inf), not a crash
-    line = next(x for x in result.stderr.splitlines() if "training diverged" in x)
+    logs = result.stderr + "".join(p.read_text() for p in (tmp_path / "outputs" / "runs").rglob("*.log"))
+    line = next(x for x in logs.splitlines() if "training diverged" in x)
     last_loss = reference["train/loss"][6][0]
     assert "non-finite loss at step 7 (detected at step 8)" in line
     assert f"last finite loss {last_loss:.4f}" in line and "lr " in line and "objective +inf" in line
