@@ -25,7 +25,7 @@ from optsweep.training.checkpointing import check_compatible, find_resume_checkp
 from optsweep.training.train import build_budget
 from optsweep.training.validate import check_config, check_vocabulary
 
-QUICK = ["experiment=quickstart", "train.max_steps=2"]
+QUICK = ["experiment=quickstart", "train.max_steps=2", "train.warmup_steps=0"]
 
 
 def composed(*overrides: str) -> DictConfig:

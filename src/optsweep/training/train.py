@@ -87,6 +87,10 @@ def build_loggers(cfg: DictConfig, trial=None, resume_run_id: str | None = None)
             if trial is not None:  # a sweep trial: a child of the sweep's parent run, named by its number
                 tags.update(trial.mlflow_tags())
                 extra["run_name"] = f"{tracking.run_name(cfg)}-{trial.run_name()}"
+            if resume_run_id and not _mlflow_run_exists(logger_cfg.tracking_uri, resume_run_id):
+                log.warning("the checkpoint's MLflow run %s is not in %s: logging to a new run",
+                            resume_run_id, logger_cfg.tracking_uri)
+                resume_run_id = None
             logger = instantiate(logger_cfg, tags=tags, run_id=resume_run_id, **extra)
             if resume_run_id:  # continue the interrupted run, shown as running again
                 logger.experiment.update_run(resume_run_id, status="RUNNING")
@@ -94,6 +98,17 @@ def build_loggers(cfg: DictConfig, trial=None, resume_run_id: str | None = None)
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers
+
+
+def _mlflow_run_exists(tracking_uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _trial_context():
