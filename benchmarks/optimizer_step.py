@@ -103,12 +103,12 @@ def timed_step(optimizer, device: str) -> float:
 
 
 def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, repeats: int, with_compile: bool,
-              only: set[str], budget_s: float, sequential: bool) -> tuple[list[tuple], list[str]]:
+              only: set[str], budget_s: float, round_robin: bool) -> tuple[list[tuple], list[str]]:
     """(name, median step ms, state bytes) per optimizer, and notes on those skipped or cut short.
 
-    By default the timed steps go round-robin, one step of each optimizer per round, so that a shared
-    machine's load drifts over all of them alike; ``sequential`` times one optimizer at a time instead and
-    keeps only one optimizer's state in memory.
+    By default one optimizer is timed at a time, alone in memory as in a real run (round-robin timing lets
+    the big temporaries of one, e.g. foreach AdamW's, slow the next one's step several-fold on CPU);
+    ``round_robin`` interleaves their steps instead, so that a drifting machine load hits all alike.
     """
     torch.manual_seed(0)
     model = build_llama(model_spec(model_name), device=device).to(dtype)
@@ -149,11 +149,11 @@ def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, rep
         if warm and warm[-1] * repeats > budget_s:
             times[name] = [warm[-1]]
             notes.append(f"{name}: its last warm-up step only ({warm[-1]:.1f} s a step, over its budget)")
-        elif sequential:
-            measure({name: optimizer})
-        else:
+        elif round_robin:
             live[name] = optimizer
             continue
+        else:
+            measure({name: optimizer})
         del optimizer
         gc.collect()
     measure(live)
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="on CPU, add a torch.compile'd SCALE row")
     parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds of timed steps per optimizer; a slower one is timed over fewer steps")
-    parser.add_argument("--sequential", action="store_true",
-                        help="time one optimizer at a time (less memory) instead of round-robin")
+    parser.add_argument("--round-robin", action="store_true",
+                        help="interleave the optimizers' timed steps (all states in memory at once)")
     parser.add_argument("--only", nargs="+", default=[], help="these optimizers only (plus their variants)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
           f"after {args.warmup}\n")
     for model_name in args.models:
         rows, notes = benchmark(model_name, args.device, DTYPES[args.dtype], args.warmup, args.repeats,
-                                args.compile, set(args.only), args.budget, args.sequential)
+                                args.compile, set(args.only), args.budget, args.round_robin)
         print(render(model_name, rows, notes, args.markdown))
         print()
 

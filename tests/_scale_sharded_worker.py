@@ -47,6 +47,9 @@ def run(rank: int, port: int, queue) -> None:
         result = compare_all(rank)
         if rank == 0:
             queue.put(result)
+        # Both ranks leave together: a rank tearing gloo down while its peer still holds the connection
+        # can abort the peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
