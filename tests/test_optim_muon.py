@@ -134,7 +134,8 @@ def keller_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class PlainMuonWithAuxAdam:
-    """Keller Jordan's SingleDeviceMuonWithAuxAdam, transcribed: Muon on hidden, Adam(W) on the rest."""
+    """Keller Jordan's SingleDeviceMuonWithAuxAdam semantics, written plainly: Muon on hidden, Adam(W) on the
+    rest (Adam's moments by lerp, eps added to sqrt(v_hat), decoupled weight decay at each group's lr)."""
 
     def __init__(self, model, lr, adam_lr, wd):
         self.hidden = set(hidden_names(model))

@@ -1,4 +1,5 @@
-"""SWAN (unofficial): a hand-checked step, whitening against an eigendecomposition, parity with a plain
+"""SWAN (unofficial): a hand-checked step, whitening against an eigendecomposition and against the k-step
+iterate's spectral definition, boundedness on singular Gram matrices, parity with a plain (coupled-form)
 implementation written here (plus torch's Adam), statelessness, checkpoint round trip, bf16, meta, FSDP2."""
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def pinv_inverse_sqrt(a: torch.Tensor) -> torch.Tensor:
     return v[:, keep] @ torch.diag(w[keep].rsqrt()) @ v[:, keep].T
 
 
+@pytest.mark.parametrize("form", ["polar", "coupled"])
 @pytest.mark.parametrize("shape", [(24, 40), (16, 64), (40, 24), (64, 16)])
-def test_whitening_matches_eigendecomposition(shape):
+def test_whitening_matches_eigendecomposition(shape, form):
     torch.manual_seed(0)
     g = grad_norm(torch.randn(*shape))
     exact_g = g.double()
@@ -87,19 +89,72 @@ def test_whitening_matches_eigendecomposition(shape):
         expected = pinv_inverse_sqrt(exact_g @ exact_g.T) @ exact_g
     else:
         expected = exact_g @ pinv_inverse_sqrt(exact_g.T @ exact_g)
-    out = grad_whitening(g, steps=10)  # the default iteration count, float32
+    out = grad_whitening(g, steps=10, form=form, center_dim=1)  # the default iteration count, float32
     # measured 1.6e-7 to 9.2e-7; the result is the polar factor: singular values 1 (and 0 on the null space)
     assert (out.double() - expected).abs().max() < 1e-5
     sv = torch.linalg.svdvals(out.double())
     assert torch.allclose(sv[: min(shape) - (shape[0] >= shape[1])], torch.ones(1, dtype=sv.dtype), atol=1e-5)
 
 
+def low_rank_plus_noise(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Gradient-like: four strong directions plus noise (singular values spread over ~100x)."""
+    gen = torch.Generator().manual_seed(seed)
+    strong = torch.randn(rows, 4, generator=gen) @ torch.randn(4, cols, generator=gen)
+    return strong + 0.05 * torch.randn(rows, cols, generator=gen)
+
+
+def k_step_iterate(g: torch.Tensor, steps: int, beta: float) -> torch.Tensor:
+    """The k-step Newton-Schulz whitening from its spectral definition, in float64: with G = U S V^T and
+    s = S / ||G G^T||_F^(1/2), each step maps s to beta (3 s - s^3) and keeps U and V."""
+    g = g.double()
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    s = s / (g @ g.T).norm().sqrt()
+    for _ in range(steps):
+        s = beta * (3 * s - s**3)
+    return u @ torch.diag(s) @ vh
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.8])
+@pytest.mark.parametrize("shape", [(24, 40), (32, 32), (40, 24)])
+def test_whitening_is_the_k_step_newton_schulz_iterate_on_ill_conditioned_gradients(shape, beta):
+    """Pins what ns_steps Newton-Schulz steps compute where they have not converged: on a gradient-like
+    matrix 10 steps at beta = 1/2 leave small singular values far below 1 (whitening is partial)."""
+    g = grad_norm(low_rank_plus_noise(*shape))
+    expected = k_step_iterate(g, 10, beta)
+    out = grad_whitening(g, steps=10, beta=beta, form="polar", center_dim=1)
+    assert (out.double() - expected).abs().max() < 5e-5  # measured 5e-7 to 8e-6
+    if beta == 0.5:
+        sv = torch.linalg.svdvals(expected)
+        assert sv[sv > 1e-6].min() < 0.5 and sv[0] == pytest.approx(1.0, abs=1e-6)  # measured 0.007-0.18
+    if shape[0] < shape[1]:  # non-singular Gram matrix: the literal coupled form agrees too (drifts more)
+        coupled = grad_whitening(g, steps=10, beta=beta, form="coupled")
+        assert (coupled.double() - expected).abs().max() < 1e-2  # measured 1e-5 (0.5), 1.4e-3 (0.8)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 16)])
+def test_polar_form_stays_bounded_and_exact_on_singular_gram_matrices(shape):
+    """Row-standardised square and tall gradients have singular Gram matrices. Many steps drive the literal
+    coupled iteration to inf/NaN in float32 (measured from ~25-30 steps at beta 1/2); the polar form
+    converges to the polar factor on the range and stays in its band at beta 0.8."""
+    g = grad_norm(low_rank_plus_noise(*shape))
+    exact = g.double()
+    u, s, vh = torch.linalg.svd(exact, full_matrices=False)
+    keep = s > s.max() * 1e-6
+    polar = u[:, keep] @ vh[keep]
+    out = grad_whitening(g, steps=60, beta=0.5, form="polar", center_dim=1)
+    assert torch.isfinite(out).all()
+    assert (out.double() - polar).abs().max() < 1e-4  # measured 9e-7, 3.9e-6 (coupled form: NaN)
+    sv = torch.linalg.svdvals(grad_whitening(g, steps=60, beta=0.8, form="polar", center_dim=1).double())
+    assert torch.isfinite(sv).all() and sv.max() < 1.61 and sv[-1] < 1e-3  # the null direction stays ~0
+
+
 def test_overshooting_step_size_gives_a_band_not_the_root():
     """ns_beta = 0.8 (public reimplementations) does not converge: singular values land in ~[0.55, 1.6]."""
     torch.manual_seed(0)
     g = grad_norm(torch.randn(24, 40))
-    sv = torch.linalg.svdvals(grad_whitening(g, steps=10, beta=0.8))
-    assert 0.5 < sv.min() < 0.95 and 1.05 < sv.max() < 1.65, sv
+    for form in ("polar", "coupled"):
+        sv = torch.linalg.svdvals(grad_whitening(g, steps=10, beta=0.8, form=form))
+        assert 0.5 < sv.min() < 0.95 and 1.05 < sv.max() < 1.65, (form, sv)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,6 +267,10 @@ def test_options_and_closure():
     assert opt.step(closure).item() > 0
     with pytest.raises(ValueError):
         SWAN(model.parameters(), whiten_side="middle")
+    with pytest.raises(ValueError):
+        SWAN(model.parameters(), whiten_form="exact")
+    coupled = build_optimizer(model, "swan", whiten_form="coupled", ns_beta=0.8)
+    assert all(g["whiten_form"] == "coupled" and g["ns_beta"] == 0.8 for g in coupled.param_groups)
 
 
 @pytest.mark.slow

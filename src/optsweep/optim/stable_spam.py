@@ -20,6 +20,8 @@ tensor, at every step (t = the optimizer's global step, k = the tensor's own ste
 s(t) = eta_min + (1 - eta_min) (1 + cos(pi t / (total_T + 1))) / 2 is the released code's CosineDecay
 (torch's CosineAnnealingLR closed form with T_max = total_T + 1), s = 1 when total_T is None. Beyond
 t = total_T + 1 the released formula would rise again; here s stays at eta_min (never reached by its runs).
+The released C4 script does not pass --total_T: its argparse default, 20000, is that run's length, and the
+README says to set it to the number of update steps, which the configs do (total_T = train.max_steps).
 
 Every parameter gets Stable-SPAM: the released C4 script builds hidden/regular groups for "spam" but passes
 ``trainable_params`` (all of them, one group) to StableSPAM (main_pretrain.py, utils/setup.py L178-179).
