@@ -181,6 +181,36 @@ def test_update_is_full_rank_and_mini_scales_per_tensor():
     assert ratio.std() < 1e-6 * ratio.abs().max()  # one number for the whole tensor
     assert torch.linalg.matrix_rank(v.detach()).item() == 8
 
+    # a wide matrix (m < n): left projector, one factor per column; a later step (nonzero moments, the limiter
+    # active) is still the raw gradient rescaled, so still full rank
+    u = nn.Parameter(torch.zeros(8, 12))
+    wide = APOLLO([{"params": [u], "role": "hidden"}], lr=0.01, rank=2)
+    for grad in (g.T, torch.randn(8, 12)):
+        before = u.detach().clone()
+        u.grad = grad.clone()
+        wide.step()
+        delta = u.detach() - before
+        ratio = delta / grad
+        assert ratio.std(dim=0).max() < 1e-5 * ratio.abs().max() and ratio.std() > 1e-3 * ratio.abs().max()
+        assert torch.linalg.matrix_rank(delta).item() == 8
+
+
+def test_projection_drawn_on_the_gradients_device(monkeypatch):
+    # official ``stable_randn``: torch.Generator(device=<the gradient's device>).manual_seed(seed), so a CUDA run
+    # draws its matrices from a CUDA generator; the seed chain (next_seed) always uses a CPU generator
+    devices = []
+    real = torch.Generator
+
+    def spy(*args, **kwargs):
+        devices.append(kwargs.get("device", args[0] if args else None))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "Generator", spy)
+    w = nn.Parameter(torch.zeros(6, 4))
+    opt = APOLLO([{"params": [w], "role": "hidden"}], rank=2)
+    w.grad = torch.randn(6, 4, generator=real().manual_seed(0))
+    opt.step()
+    assert [torch.device(d) if d is not None else None for d in devices] == [w.grad.device, None]
+
 
 def test_seeded_gaussian_projection():
     model = tiny_model()
