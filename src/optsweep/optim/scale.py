@@ -10,13 +10,12 @@ state is therefore the lm_head momentum plus AdamW's two moments of the 1-D weig
 matrix, which is why SCALE needs 35-45% of Adam's memory.
 
 The arithmetic follows the authors' released optimizer (OptimAI-Lab/Minimalist_LLM_Pretraining,
-``mem_eff_pt/pt_scale/scale_optimizer.py``) with three deliberate differences, none of which changes the
-method: row statistics are computed in fp32 and the update is applied in one fused, fp32-accurate op (the
-authors divide in the parameter's dtype, i.e. in bf16 for the published runs); the AdamW of the 1-D weights
-is torch's (eps added to sqrt(v_hat); the authors add eps to sqrt(v) before the bias correction, which makes
-their eps 1/sqrt(1 - beta2^t) times larger: 32x at step 1, 1.26x at step 1000, below bf16 resolution for
-any gradient above ~1e-5); and the role of a weight comes from :mod:`optsweep.optim.groups` rather than
-from module names (the authors' code matches "embed_tokens"; every other non-hidden matrix gets momentum).
+``mem_eff_pt/pt_scale/scale_optimizer.py``), including its AdamW for the 1-D weights (eps added to sqrt(v)
+before the bias correction, which is folded into the step size), with two deliberate differences that do
+not change the method: row statistics are computed in fp32 and the update is applied in one fused,
+fp32-accurate op (the authors divide in the parameter's dtype, i.e. in bf16 for the published runs); and the
+role of a weight comes from :mod:`optsweep.optim.groups` rather than from module names (the authors' code
+matches "embed_tokens"; every other non-hidden matrix gets momentum).
 """
 
 from __future__ import annotations
@@ -57,8 +56,10 @@ class SCALE(torch.optim.Optimizer):
     with a gradient ``g`` and the group's scheduled learning rate ``lr``:
 
     - all roles: decoupled weight decay ``p *= 1 - lr * weight_decay`` (0 in every published run);
-    - ``vector`` (1-D weights): AdamW with ``betas``/``eps``, bias-corrected; ``for_model`` gives this group
-      ``lr = adam_lr``, so a LambdaLR schedule moves it as ``adam_lr * lr(t) / lr_max``;
+    - ``vector`` (1-D weights): AdamW as the authors wrote it,
+      ``p -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)`` (eps on the raw sqrt(v));
+      ``for_model`` gives this group ``lr = adam_lr``, so a LambdaLR schedule moves it as
+      ``adam_lr * lr(t) / lr_max``;
     - ``hidden``, ``embedding``, ``output`` (matrices): direction ``d = g``, or the EMA
       ``m = momentum * m + (1 - momentum) * g`` (zero init, no bias correction) where ``momentum_on``
       asks for it; then ``p -= lr * N(d)`` with ``N`` chosen by ``normalization``.
@@ -219,7 +220,7 @@ class SCALE(torch.optim.Optimizer):
             adamw_([local(p) for p in ps], [local(p.grad) for p in ps],
                    [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states],
                    step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                   weight_decay=group["weight_decay"])
+                   weight_decay=group["weight_decay"], eps_before_bias_correction=True)
 
     def _matrix_step(self, group: dict, role: str, params: list[torch.Tensor]) -> None:
         lr, beta = group["lr"], group["momentum"]
