@@ -12,11 +12,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-# Outputs go to <repo>/outputs wherever run.py is started from.
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent
+# Outputs go to <repo>/outputs wherever run.py is started from (PROJECT_ROOT=/elsewhere moves them there);
+# the code, its sweeps and its git commit are always this checkout's.
+os.environ.setdefault("PROJECT_ROOT", str(REPO))
+os.environ["OPTSWEEP_REPO"] = str(REPO)
 
 from optsweep.config import register_resolvers  # noqa: E402
-from optsweep.errors import UserError  # noqa: E402
+from optsweep.errors import explain  # noqa: E402
 
 register_resolvers()
 
@@ -28,20 +31,36 @@ def main(cfg: DictConfig) -> float:
 
     from optsweep.training.checkpointing import Interrupted
     from optsweep.training.train import train
+    from optsweep.training.validate import check_multirun
 
     print(OmegaConf.to_yaml(cfg, resolve=True))
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        check_multirun(cfg, hydra_cfg)
+    # A bad input raises (a sweep's sweeper records it and goes on); alone, `cli` prints it in one sentence.
     try:
         return train(cfg)
-    except UserError as error:
-        # In a sweep the sweeper records the failure and goes on; alone, one sentence and exit status 2.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        print(f"\nerror: {error}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as interrupted:  # SIGTERM / Ctrl-C: checkpoint saved, run marked KILLED
         print(f"\n{interrupted}", file=sys.stderr)
         sys.exit(128 + interrupted.signum)
 
 
+def cli() -> None:
+    """``main`` with every failure as one line at the end of stderr: a bad input (a value, a config group
+    option, a key, an override, a checkpoint, the data) exits with status 2, anything else with 1. Hydra's
+    own report (a trimmed traceback, exit 1) is bypassed by letting it raise; HYDRA_FULL_ERROR=1 keeps the
+    traceback. The user's choice travels to relaunched ranks in OPTSWEEP_FULL_ERROR."""
+    os.environ.setdefault("OPTSWEEP_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", ""))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as error:
+        if os.environ["OPTSWEEP_FULL_ERROR"] == "1":
+            raise
+        sentence, status = explain(error)
+        print(f"\nerror: {sentence}", file=sys.stderr)
+        sys.exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

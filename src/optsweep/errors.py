@@ -1,8 +1,145 @@
 """Errors meant for the person at the keyboard: one sentence naming the field, the value and the fix.
 
-run.py prints them without a traceback and exits with status 2 (set HYDRA_FULL_ERROR=1 for the traceback).
+run.py turns whatever ends a run into one line with :func:`explain`: our own ``UserError``, and the bad
+inputs Hydra and OmegaConf report (a config group option that does not exist, a misspelt key, an override
+that does not parse, a value left ``???``, an object its config cannot build). They exit with status 2 and
+no traceback; anything else is a bug, reported in one line with status 1. HYDRA_FULL_ERROR=1 shows the
+traceback of both.
 """
+
+from __future__ import annotations
+
+import difflib
+import re
+
+USER_ERROR_STATUS = 2
+FAILURE_STATUS = 1
 
 
 class UserError(Exception):
     """A configuration or input problem the user can fix; its message is the whole story."""
+
+
+def explain(error: BaseException) -> tuple[str, int]:
+    """One line for the end of stderr and the exit status: 2 for a bad input, 1 for anything else."""
+    sentence = user_sentence(error)
+    if sentence is not None:
+        return one_line(sentence), USER_ERROR_STATUS
+    return one_line(
+        f"{type(error).__name__}: {error} (an unexpected failure, not a recognised bad input: rerun with "
+        "HYDRA_FULL_ERROR=1 for the traceback)"
+    ), FAILURE_STATUS
+
+
+def user_sentence(error: BaseException) -> str | None:
+    """The sentence for a bad input, or None when ``error`` is not one."""
+    if isinstance(error, UserError):
+        return str(error)
+    try:
+        from hydra.errors import (
+            ConfigCompositionException,
+            InstantiationException,
+            MissingConfigException,
+            OverrideParseException,
+        )
+        from omegaconf.errors import (
+            ConfigAttributeError,
+            ConfigKeyError,
+            MissingMandatoryValue,
+            OmegaConfBaseException,
+        )
+    except ImportError:  # pragma: no cover - both ship with the project
+        return None
+
+    if isinstance(error, MissingConfigException):
+        return _missing_option(error)
+    if isinstance(error, OverrideParseException):
+        detail = [ln for ln in str(error.message).splitlines()
+                  if ln.strip() and not ln.startswith(("Error parsing override", "See https://"))]
+        return (f"the override '{error.override}' cannot be parsed ({'; '.join(detail) or 'bad syntax'}): write "
+                "it as key=value, e.g. optimizer.lr=1e-3, lists as optimizer.betas=[0.9,0.95], and quote values "
+                "with spaces or special characters")
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__
+        inner = user_sentence(cause) if cause is not None else None
+        if inner is not None:
+            return inner
+        return _not_buildable(error, cause)
+    if isinstance(error, ConfigCompositionException):
+        cause = error.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
+            return _unknown_key(str(error), cause)
+        return " ".join(s.strip().rstrip(".") + "." for s in str(error).splitlines() if s.strip())[:-1]
+    if isinstance(error, MissingMandatoryValue):
+        key = getattr(error, "full_key", None) or "a setting"
+        return f"{key} has no value (it is ??? in the config): add {key}=<value> to the command line"
+    if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
+        message = str(getattr(error, "msg", None) or error).splitlines()[0]
+        return f"{error.full_key} cannot be resolved ({message}): fix the value of {error.full_key}"
+    if isinstance(error, OSError) and getattr(error, "filename", None):  # a path the config or machine gave
+        return (f"cannot use {error.filename} ({error.strerror or type(error).__name__}): fix the setting that "
+                "names this path, or the path's permissions and free space")
+    return None
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice a typo most likely meant, if any is close."""
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _missing_option(error) -> str:
+    missing = getattr(error, "missing_cfg_file", None) or ""
+    options = list(getattr(error, "options", None) or [])
+    group, _, name = missing.rpartition("/")
+    if not group or not options:
+        return str(error).splitlines()[0]
+    guess = closest(name, options)
+    hint = f" (did you mean {group}={guess}?)" if guess else ""
+    return f"{group}={name} names no {group} config{hint}: choose {group}=<one of {', '.join(options)}>"
+
+
+def _unknown_key(message: str, cause) -> str:
+    full_key = str(getattr(cause, "full_key", "") or "")
+    key = str(getattr(cause, "key", "") or full_key.rpartition(".")[2])
+    parent_path = full_key.rpartition(".")[0]
+    prefix = f"{parent_path}." if parent_path else ""
+    value = None
+    match = re.search(r"use \+(\S+?)=(.*)$", message, flags=re.MULTILINE)
+    if match:
+        value = match.group(2)
+    shown = f"{full_key}={value}" if value is not None else full_key
+    parent = getattr(cause, "parent_node", None)
+    keys = []
+    try:
+        keys = [str(k) for k in parent if not str(k).startswith("_")] if parent is not None else []
+    except Exception:  # noqa: BLE001 - the key list only improves the sentence
+        keys = []
+    guess = closest(key, keys)
+    where = f"under {parent_path} " if parent_path else "at the top level "
+    if guess:
+        fixed = f"{prefix}{guess}={value}" if value is not None else f"{prefix}{guess}"
+        return f"{shown} names no setting {where}(did you mean {fixed}?): fix the spelling"
+    known = f" (its settings are {', '.join(sorted(keys))})" if keys else ""
+    return (f"{shown} names no setting {where}{known}: fix the spelling, or write +{shown} only to add a "
+            "setting the code reads")
+
+
+def _not_buildable(error, cause) -> str | None:
+    """An object the config names could not be built: a bad input when the constructor refused the values."""
+    # TypeError/ValueError: the constructor refused an argument; Lightning's MisconfigurationException too
+    if not (isinstance(cause, (TypeError, ValueError)) or type(cause).__name__ == "MisconfigurationException"):
+        return None
+    text = str(error)
+    target = re.search(r"target '([^']+)'", text)
+    full_key = re.search(r"full_key: (\S+)", text)
+    where = full_key.group(1) if full_key else "the config"
+    what = target.group(1).rsplit(".", 1)[-1] if target else "its target"
+    unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(cause))
+    if unexpected:
+        return (f"{where}.{unexpected.group(1)} is not a setting {what} takes: remove it, or fix its spelling")
+    return f"{where} cannot be built: {what} says {one_line(cause)}: fix the {where}.* setting it names"

@@ -70,6 +70,10 @@ class LocalShards(Shards):
         self.split = split
         folder = Path(path).expanduser()
         expected = f"{name_pattern('train')} and {name_pattern('validation')}"
+        if folder.exists() and not folder.is_dir():
+            raise DataUnavailableError(
+                f"data.path={folder} is a file, not a folder: set data.path to the folder holding {expected}"
+            )
         if not folder.is_dir():
             raise DataUnavailableError(
                 f"C4 shard folder '{folder}' does not exist: set data.path to a folder holding {expected} "

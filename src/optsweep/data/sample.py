@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from optsweep.data.c4 import shard_name, write_shard
+from optsweep.data.c4 import DataUnavailableError, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,12 @@ def ensure_sample(folder: str | os.PathLike | None = None, recipe: dict = RECIPE
     folder = Path(folder).expanduser().resolve() if folder is not None else default_cache_dir()
     if is_valid(folder, recipe):
         return folder
+    if folder.exists() and not (folder.is_dir() and ((folder / MANIFEST).exists() or not any(folder.iterdir()))):
+        # A rebuild replaces the folder: only ever an earlier sample cache or an empty folder, never user data.
+        raise DataUnavailableError(
+            f"data.path={folder} already holds something other than the sample corpus, which is built there: "
+            "point data.path at a new or empty folder (or use data=c4_local for a folder of C4 shards)"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _lock(folder.parent / f".{folder.name}.lock"):
         if is_valid(folder, recipe):  # another process built it while we waited
