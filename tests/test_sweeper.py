@@ -144,6 +144,8 @@ def test_strategies_that_relaunch_the_script_are_refused():
     assert "use strategy=ddp_spawn" in blocker({"_target_": ddp, "name": "ddp"})
     assert blocker({"_target_": ddp, "name": "ddp_spawn", "start_method": "spawn"}, devices=2) is None
     assert blocker({"_target_": "lightning.pytorch.strategies.ModelParallelStrategy", "name": "fsdp"})
+    project_fsdp = OmegaConf.load(REPO / "conf" / "strategy" / "fsdp.yaml")  # the project's FSDP2 subclass
+    assert blocker(OmegaConf.to_container(project_fsdp))
     assert blocker({"name": "auto"}) is None
     assert blocker({"name": "auto"}, devices=2)
     assert blocker("ddp") and blocker("ddp_spawn") is None
@@ -363,14 +365,16 @@ def test_ready_sweeps_cover_every_baseline():
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "run.py").exists(), reason="needs run.py")
 def test_run_py_sweep_end_to_end(tmp_path):
-    """run.py under the sweeper: two quickstart trials of 2 steps, one parent and two children in MLflow."""
+    """run.py under the sweeper as a user starts it (no path overrides; PROJECT_ROOT only moves outputs/ to
+    tmp_path, the sweeps and the storage default stay the platform's): two quickstart trials of 2 steps, one
+    parent and two children in MLflow, the study in <outputs>/optuna.db."""
     data_dir = REPO / "outputs" / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), "-m", "sweep=scale_lr_momentum", "experiment=quickstart",
          "hydra.sweeper.n_trials=2", "train.max_steps=2", "train.warmup_steps=1", "train.eval_every_n_steps=2",
-         "train.eval_at_start=false", "data.val_tokens=2000", f"paths.root_dir={tmp_path}",
-         f"paths.data_dir={data_dir}", f"hydra.searchpath=[file://{REPO}/sweeps]"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")} | {"HYDRA_FULL_ERROR": "1"},
+         "train.eval_at_start=false", "data.val_tokens=2000", f"paths.data_dir={data_dir}"],
+        env=env | {"HYDRA_FULL_ERROR": "1", "PROJECT_ROOT": str(tmp_path)},
         capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
     )
     ok(proc)

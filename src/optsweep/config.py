@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import OmegaConf
 
 
@@ -15,3 +17,7 @@ def auto_precision() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("optsweep.auto_precision"):
         OmegaConf.register_new_resolver("optsweep.auto_precision", auto_precision)
+    if not OmegaConf.has_resolver("optsweep.cwd"):
+        # Not ${hydra:runtime.cwd}: that needs Hydra's runtime config, which does not exist yet when the
+        # sweeper is built (its storage default lies under paths.root_dir).
+        OmegaConf.register_new_resolver("optsweep.cwd", os.getcwd)

@@ -11,6 +11,7 @@ it, so the store is ``sqlite:///<repo>/outputs/mlflow.db`` (``conf/logger/mlflow
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -21,6 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = ("torch", "lightning", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
             "optuna", "mlflow", "torchdata", "optsweep")
+
+
+def code_root() -> Path:
+    """The checkout the code runs from (run.py says where; else the editable install's source tree)."""
+    return Path(os.environ.get("OPTSWEEP_REPO") or Path(__file__).resolve().parents[2])
 
 
 def git_state(root: str | Path) -> dict[str, str]:
@@ -63,7 +69,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "seed": str(cfg.seed),
         "task": str(cfg.task_name),
     }
-    tags.update(git_state(cfg.paths.root_dir))
+    tags.update(git_state(code_root()))
     return tags
 
 

@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 from optsweep.sweeper import context, guards
 from optsweep.sweeper._locks import sqlite_creation_lock
 from optsweep.sweeper.mlflow_parent import SweepRun
-from optsweep.sweeper.search_space import SearchSpace
+from optsweep.sweeper.search_space import SearchSpace, SweepConfigError
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class OptunaSweep:
             blocker = guards.multirun_blocker(
                 self.config, OmegaConf.select(self.config, "hydra.runtime.choices.strategy", default=None))
             if blocker:
-                raise ValueError(blocker)
+                raise SweepConfigError(blocker)
 
         space, passthrough = SearchSpace.build(self.params, self.variants, arguments)
         study_name = self.study_name or default_study_name(arguments)
@@ -327,7 +327,7 @@ class OptunaSweep:
             blocker = guards.multirun_blocker(
                 composed, OmegaConf.select(composed, "hydra.runtime.choices.strategy", default=None))
             if blocker:
-                raise ValueError(blocker)
+                raise SweepConfigError(blocker)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
         """Record one job's outcome; True when the job raised."""

@@ -23,6 +23,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from optsweep.errors import UserError
+
+
+class SweepConfigError(UserError, ValueError):
+    """A sweep whose configuration cannot run (search space, grid, strategy): one sentence with the fix."""
+
+
 VARIANT = "variant"
 
 
@@ -71,7 +78,7 @@ def _distribution(override: Override) -> BaseDistribution:
         return CategoricalDistribution(values)
     if override.is_choice_sweep():
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    raise ValueError(f"cannot turn {override.input_line!r} into an Optuna distribution")
+    raise SweepConfigError(f"cannot turn {override.input_line!r} into an Optuna distribution")
 
 
 def suggest(trial: Any, name: str, distribution: BaseDistribution) -> Any:
@@ -93,7 +100,8 @@ class SearchSpace:
         for name, bundle in variants.items():
             clash = sorted({p.key.lstrip("+") for p in bundle} & set(keys))
             if clash:
-                raise ValueError(f"variant {name!r} sets {clash}, which params already set: set them in one place")
+                raise SweepConfigError(
+                    f"variant {name!r} sets {clash}, which params already set: set them in one place")
 
     @classmethod
     def build(cls, params: Mapping[str, Any] | None, variants: Mapping[str, Mapping[str, Any]] | None,
@@ -143,16 +151,17 @@ class SearchSpace:
             elif isinstance(p.distribution, IntDistribution) and not p.distribution.log:
                 grid[p.name] = list(range(p.distribution.low, p.distribution.high + 1, p.distribution.step))
             else:
-                raise ValueError(f"the grid sampler cannot enumerate {p.key}={p.expression}: use choice() or range()")
+                raise SweepConfigError(
+                    f"the grid sampler cannot enumerate {p.key}={p.expression}: use choice() or range()")
         for variant, bundle in self.variants.items():
             for p in bundle:
                 if p.distribution is not None:
-                    raise ValueError(f"the grid sampler needs fixed values in variants: "
+                    raise SweepConfigError(f"the grid sampler needs fixed values in variants: "
                                      f"{variant}: {p.key}={p.expression}")
         if self.variants:
             grid[VARIANT] = list(self.variants)
         if not grid:
-            raise ValueError("the grid sampler needs at least one choice() or range() parameter")
+            raise SweepConfigError("the grid sampler needs at least one choice() or range() parameter")
         return grid
 
     def describe(self) -> dict[str, str]:
