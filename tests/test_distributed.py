@@ -6,20 +6,34 @@ one-shard folder, file order (no shuffle) and rows one document each make the 2-
 8 documents as the 1-process batch (grouped differently into micro batches). At seq_len 16 the rows are
 full (no padding), so the mean-of-micro-batch-means the two compute is the same mean: DDP equals one
 process up to float summation order. DDP and FSDP2 see identical micro batches on each rank.
+
+A full-format checkpoint (one file) resumes under the other strategy: a run resumed at step 2 must log what
+the uninterrupted run logged at steps 3-4, and its ranks must hold the saved optimizer state, sharded on
+dim 0 where the optimizer shards it and whole (identical on both ranks) elsewhere. A sharded (DCP)
+checkpoint folder resumes under FSDP2 the same way, with every optimizer, including SCALE (no state for
+its hidden matrices) and plain SGD (no state at all).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from _inject import history, run_py
+import torch
+from _inject import ROOT, history, run_py
 
 from optsweep.data.sample import ensure_sample
+from optsweep.optim.registry import OPTIMIZERS
 
 STEPS = 4
 TOL_SINGLE = 2e-5  # DDP vs 1 process: same data, different summation order (observed: see report)
 TOL_FSDP = 2e-5  # FSDP2 vs DDP: reduce-scatter vs all-reduce of the same gradients
+# what a run resumed from the step-2 checkpoint logs, compared with the uninterrupted run
+RESUMED = {"train/loss": [3, 4], "val/loss": [4], "lr": [3, 4], "tokens/seen": [3, 4], "tokens/seen_nonpad": [3, 4]}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +56,9 @@ def args(corpus, *extra: str) -> list[str]:
             "callbacks.checkpoint.every_n_train_steps=2", "task_name=dist", *extra]
 
 
-TWO = {"ddp": ["strategy=ddp", "trainer.devices=2"], "fsdp": ["strategy=fsdp", "trainer.devices=2"],
+TWO = {"ddp": ["strategy=ddp", "trainer.devices=2"],
+       "fsdp": ["strategy=fsdp", "trainer.devices=2", "strategy.save_distributed_checkpoint=false"],  # full files
+       "fsdp_dcp": ["strategy=fsdp", "trainer.devices=2", "strategy.save_distributed_checkpoint=true"],  # folders
        "single": []}
 _runs: dict = {}
 
@@ -54,7 +70,7 @@ def curves(corpus, strategy: str, optimizer: str):
         result = run_py(tmp, *args(corpus, f"optimizer={optimizer}", *TWO[strategy]), timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         _runs[key] = tmp, {m: {s: v[0] for s, v in history(tmp, m, "dist").items()}
-                           for m in ("train/loss", "val/loss")}
+                           for m in ("train/loss", "val/loss", *RESUMED)}
     return _runs[key]
 
 
@@ -83,20 +99,97 @@ def test_fsdp2_matches_ddp(corpus, optimizer):
     assert fsdp["train/loss"][STEPS] < fsdp["train/loss"][1]
 
 
-@pytest.mark.xfail(strict=True, reason="loading a full (DDP) checkpoint into FSDP2-sharded parameters fails with "
-                   "a shape mismatch (32 vs 86 rows): a full->sharded state-dict conversion is still missing")
-def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus):
-    tmp_ddp, _ = curves(corpus, "ddp", "adamw")
-    ckpt = next((tmp_ddp / "outputs" / "checkpoints").rglob("step0000002.ckpt"))
-    # same outputs folder: the resume continues the DDP run's MLflow run, so steps 3-4 are logged twice
-    result = run_py(tmp_ddp, *args(corpus, "optimizer=adamw", *TWO["fsdp"], f"train.ckpt_path={ckpt}",
-                                   "strategy.save_distributed_checkpoint=false"), timeout=600)
+def resume(corpus, source: str, target: str, optimizer: str):
+    """Resume ``source``'s step-2 checkpoint under ``target`` in a folder of its own (a new MLflow run).
+
+    Returns the checkpoint, what the resumed run logged (metric -> step -> value) and what each rank held
+    of the optimizer state right after the resume (``_inject.DumpOptimizerState``).
+    """
+    tmp_source, _ = curves(corpus, source, optimizer)
+    ckpt = next((tmp_source / "outputs" / "checkpoints").rglob("step0000002.ckpt"))
+    tmp = corpus[0] / f"{source}-to-{target}-{optimizer}"
+    probe = tmp / "probe"
+    result = run_py(tmp, *args(corpus, f"optimizer={optimizer}", *TWO[target], f"train.ckpt_path={ckpt}",
+                               "+callbacks.probe._target_=_inject.DumpOptimizerState",
+                               f"+callbacks.probe.dirpath={probe}"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = history(tmp_ddp, "train/loss", "dist")
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    for step in (3, 4):
-        assert len(resumed[step]) == 2
-        assert abs(resumed[step][1] - resumed[step][0]) <= TOL_FSDP, resumed[step]
+    logged = {}
+    for metric, steps in RESUMED.items():
+        values = history(tmp, metric, "dist")
+        assert sorted(values) == steps and all(len(v) == 1 for v in values.values()), (metric, values)
+        logged[metric] = {step: v[0] for step, v in values.items()}
+    held = [torch.load(probe / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return ckpt, logged, held
+
+
+def same_as_uninterrupted(logged: dict, uninterrupted: dict, tol: float) -> float:
+    """Losses after the resume equal the uninterrupted run's at the same steps; schedule and counters exactly."""
+    worst = max(close(logged[m], {s: uninterrupted[m][s] for s in logged[m]}, tol) for m in ("train/loss", "val/loss"))
+    for metric in ("lr", "tokens/seen", "tokens/seen_nonpad"):
+        assert logged[metric] == {s: uninterrupted[metric][s] for s in logged[metric]}, metric
+    return worst
+
+
+def saved_optimizer_state(ckpt) -> dict:
+    """The checkpoint's (first) optimizer state, every tensor whole, numbered as ``Optimizer.state_dict()``
+    numbers parameters (a DCP folder names them: numbered here by their place in its param groups)."""
+    if not ckpt.is_dir():
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["optimizer_states"][0]["state"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = ckpt.parent / f"{ckpt.name}.whole.pt"
+    dcp_to_torch_save(ckpt, whole)
+    saved = torch.load(whole, weights_only=False)["optimizer_0"]
+    whole.unlink()
+    names = [name for group in saved["param_groups"] for name in group["params"]]
+    return {index: saved["state"][name] for index, name in enumerate(names) if name in saved["state"]}
+
+
+def held_as_saved(ckpt, held: list[dict]) -> dict[str, set]:
+    """Both ranks together hold exactly the checkpoint's optimizer state: a sharded entry as the saved
+    tensor's rows split on dim 0 between the ranks, anything else whole and identical on both ranks.
+    Returns the entries found sharded and whole, as {(key, ndim)}."""
+    saved = saved_optimizer_state(ckpt)
+    assert sorted(held[0]) == sorted(held[1]) == sorted(saved)
+    kinds: dict[str, set] = {"shard": set(), "whole": set()}
+    for index, entries in saved.items():
+        assert sorted(held[0][index]) == sorted(held[1][index]) == sorted(entries), index
+        for key, value in entries.items():
+            (kind, first), (other_kind, second) = held[0][index][key], held[1][index][key]
+            assert kind == other_kind, (index, key)
+            if kind == "shard":
+                assert torch.equal(torch.cat([first, second]), value), (index, key)
+            elif torch.is_tensor(value):
+                assert torch.equal(first, value) and torch.equal(second, value), (index, key)
+            else:
+                assert first == second == value, (index, key)
+            kinds[kind].add((key, value.ndim if torch.is_tensor(value) else 0))
+    return kinds
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "scale", "muon", "galore"])
+def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus, optimizer):
+    ckpt, logged, held = resume(corpus, "ddp", "fsdp", optimizer)
+    _, ddp = curves(corpus, "ddp", optimizer)
+    worst = same_as_uninterrupted(logged, ddp, TOL_FSDP)
+    print(f"{optimizer}: resumed under FSDP2 vs uninterrupted DDP, max loss difference {worst:.2e}")
+    kinds = held_as_saved(ckpt, held)
+    if optimizer == "galore":
+        # full-rank projectors and low-rank moments at this size: matrix-shaped, yet whole on every rank
+        assert ("projector", 2) in kinds["whole"] and ("exp_avg", 2) in kinds["whole"], kinds
+    else:  # every tensor but the step counters is shaped like its parameter: sharded like it
+        assert all(ndim == 0 for _, ndim in kinds["whole"]), kinds
+    assert ("exp_avg" if optimizer != "scale" else "momentum_buffer", 2) in kinds["shard"], kinds
+
+
+@pytest.mark.parametrize("target", ["ddp", "fsdp"])
+def test_fsdp2_full_checkpoint_resumes(corpus, target):
+    ckpt, logged, held = resume(corpus, "fsdp", target, "adamw")
+    _, fsdp = curves(corpus, "fsdp", "adamw")
+    worst = same_as_uninterrupted(logged, fsdp, TOL_FSDP)
+    print(f"adamw: resumed under {target} vs uninterrupted FSDP2, max loss difference {worst:.2e}")
+    kinds = held_as_saved(ckpt, held)
+    assert bool(kinds["shard"]) == (target == "fsdp"), kinds
 
 
 def test_other_world_size_on_resume_says_why_not(corpus):
@@ -107,3 +200,43 @@ def test_other_world_size_on_resume_says_why_not(corpus):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: checkpoint") and "saved by 2 processes but this run has 1" in last
     assert "Traceback" not in result.stderr
+
+
+# --- sharded (DCP) checkpoints -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", ["adamw", "scale", "galore"])
+def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, optimizer):
+    ckpt, logged, held = resume(corpus, "fsdp_dcp", "fsdp_dcp", optimizer)
+    assert ckpt.is_dir() and (ckpt / ".metadata").is_file()
+    _, uninterrupted = curves(corpus, "fsdp_dcp", optimizer)
+    worst = same_as_uninterrupted(logged, uninterrupted, TOL_FSDP)
+    print(f"{optimizer}: resumed from a DCP folder vs uninterrupted FSDP2, max loss difference {worst:.2e}")
+    kinds = held_as_saved(ckpt, held)
+    if optimizer == "scale":  # AdamW moments for the 5 norm weights, lm_head's momentum; no hidden matrix
+        assert len(held[0]) == 6, sorted(held[0])
+        assert kinds == {"shard": {("momentum_buffer", 2), ("exp_avg", 1), ("exp_avg_sq", 1)},
+                         "whole": {("step", 0)}}, kinds
+    elif optimizer == "galore":  # matrix-shaped, yet whole on every rank
+        assert ("projector", 2) in kinds["whole"] and ("exp_avg", 2) in kinds["whole"], kinds
+    else:
+        assert ("exp_avg", 2) in kinds["shard"] and all(ndim == 0 for _, ndim in kinds["whole"]), kinds
+
+
+def test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint(tmp_path):
+    """Each optimizer of the registry, on a 2-rank FSDP2 tiny LLaMA without Lightning (_inject.sharded_resume):
+    after the load each rank holds exactly the state it saved, and training on gives the same weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    code = f"import _inject; _inject.sharded_resume_main({str(tmp_path)!r})"
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                               timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    per_rank = json.loads((tmp_path / "result.json").read_text())
+    for rank, result in enumerate(per_rank):
+        assert sorted(result) == sorted(OPTIMIZERS)
+        for name, r in result.items():
+            if rank == 0:
+                print(f"{name}: {r['entries']} state entries on rank 0, weight difference {r['weights']:.1e}")
+            assert r["state_differs"] == [] and r["weights"] == 0.0, (rank, name, r)
+            assert r["global_step"] == 3 and r["files"] == ["last.ckpt"], (rank, name, r)
+        assert result["sgd"]["entries"] == 0 and result["scale"]["entries"] > 0  # stateless, partly stateless

@@ -2,6 +2,8 @@
 
 The reference is one uninterrupted run; every interrupted run must log, after its resume, exactly the same
 train/val losses at every step (bit-exact: CPU fp32, the data position, RNG and optimizer state restored).
+Saves are crash-safe under DDP and FSDP2, in both of FSDP2's formats (a file, a DCP folder): a crash in
+the middle of one leaves the previous checkpoint whole, and ``train.ckpt_path=last`` resumes from it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 from _inject import history, mlflow_run, run_py
+from torch.distributed.checkpoint import load as dcp_load
 
 from optsweep.training import checkpointing
 from optsweep.training.callbacks import DivergenceError, DivergenceGuard
@@ -111,6 +114,114 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
     kept = torch.load(path, weights_only=True)
     assert kept["global_step"] == 4 and torch.equal(kept["w"], torch.arange(3.0))
+
+
+def small_checkpoint(step: int) -> dict:
+    """What Lightning hands a strategy to save, in miniature."""
+    return {"global_step": step, "state_dict": {"w": torch.full((3,), float(step))}, "optimizer_states": []}
+
+
+def save(fmt: str, step: int, path: Path) -> None:
+    """Through FSDP2Strategy's own save (one process: its collectives are no-ops)."""
+    strategy = checkpointing.FSDP2Strategy(save_distributed_checkpoint=fmt == "dcp")
+    strategy.save_checkpoint(small_checkpoint(step), path)
+
+
+def saved_step_and_weights(path: Path) -> tuple[int, torch.Tensor]:
+    if path.is_dir():
+        state = {"state_dict": {"w": torch.empty(3)}}
+        dcp_load(state, checkpoint_id=path)
+        return torch.load(path / "meta.pt", weights_only=True)["global_step"], state["state_dict"]["w"]
+    checkpoint = torch.load(path, weights_only=True)
+    return checkpoint["global_step"], checkpoint["state_dict"]["w"]
+
+
+@pytest.mark.parametrize("fmt", ["file", "dcp"])
+def test_interrupted_fsdp2_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, fmt):
+    path = tmp_path / "last.ckpt"
+    save(fmt, 2, path)
+    save(fmt, 4, path)  # replaces the first one, leaving nothing else behind
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+    def dies_midway(obj, file):  # the file, or a DCP folder's meta.pt after every shard is written
+        Path(file).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpointing, "_write_durably", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save(fmt, 6, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary left behind
+    step, weights = saved_step_and_weights(path)
+    assert step == 4 and torch.equal(weights, torch.full((3,), 4.0))
+    assert checkpointing.find_resume_checkpoint("last", tmp_path) == str(path)
+
+
+def test_fsdp2_save_switches_format_in_place(tmp_path):
+    path = tmp_path / "last.ckpt"
+    for fmt, step in [("file", 2), ("dcp", 4), ("file", 6)]:
+        save(fmt, step, path)
+        assert os.listdir(tmp_path) == ["last.ckpt"] and path.is_dir() == (fmt == "dcp")
+        assert saved_step_and_weights(path)[0] == step
+
+
+def test_last_is_the_newest_complete_checkpoint(tmp_path):
+    """What crashes leave behind: temporaries never count, whatever they hold; a folder without .metadata or
+    an unreadable file is no checkpoint; a previous last.ckpt renamed aside is; the highest step wins."""
+    def find() -> str | None:
+        return checkpointing.find_resume_checkpoint("last", tmp_path)
+
+    save("dcp", 4, tmp_path / "last.ckpt")
+    save("file", 2, tmp_path / "step0000002.ckpt")
+    save("dcp", 6, tmp_path / ".last.ckpt.0123abcd.tmp")  # whole, but the rename never came
+    save("file", 6, tmp_path / ".step0000006.ckpt.4567cdef.tmp")
+    (tmp_path / "step0000006.ckpt").mkdir()  # a folder half written in place (before saves were atomic)
+    (tmp_path / "step0000006.ckpt" / "__0_0.distcp").write_bytes(b"shard")
+    (tmp_path / "step0000008.ckpt").write_bytes(b"truncated")
+    assert find() == str(tmp_path / "last.ckpt")
+    # killed between the renames that swap a folder in: the previous one is only aside
+    (tmp_path / "last.ckpt").rename(tmp_path / ".last.ckpt.89abcdef.old")
+    assert find() == str(tmp_path / ".last.ckpt.89abcdef.old")
+    save("file", 4, tmp_path / "step0000004.ckpt")  # the same step: either will do
+    assert find() in (str(tmp_path / "step0000004.ckpt"), str(tmp_path / ".last.ckpt.89abcdef.old"))
+    save("file", 10, tmp_path / "step0000010.ckpt")  # a file newer than any folder
+    assert find() == str(tmp_path / "step0000010.ckpt")
+    save("dcp", 10, tmp_path / "last.ckpt")  # a tie goes to last.ckpt; its save clears the leftovers
+    assert find() == str(tmp_path / "last.ckpt")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".last.ckpt.")]
+
+
+FSDP2 = ["experiment=quickstart", "strategy=fsdp", "trainer.devices=2", "data.seq_len=32", "data.val_tokens=600",
+         "train.total_batch_size=8", "train.micro_batch_size=4", "train.warmup_steps=1", "train.max_steps=4",
+         "train.eval_every_n_steps=2", "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=2",
+         "callbacks.checkpoint.save_top_k=0"]  # last.ckpt only: nothing newer to resume from than the previous
+
+
+@pytest.mark.parametrize("fmt", ["file", "dcp"])
+def test_fsdp2_killed_midway_through_a_save_resumes_from_the_previous_checkpoint(tmp_path, fmt):
+    overrides = [*FSDP2, f"strategy.save_distributed_checkpoint={fmt == 'dcp'}"]
+    killed = run_py(tmp_path, *overrides, *inject("KillDuringSave", step=4), timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpts = tmp_path / CKPTS
+    leftovers = [p for p in ckpts.iterdir() if p.name.startswith(".last.ckpt.") and p.name.endswith(".tmp")]
+    assert len(leftovers) == 1, sorted(ckpts.iterdir())  # the save was under way...
+    last = ckpts / "last.ckpt"
+    assert last.is_dir() == (fmt == "dcp")
+    assert checkpointing.read_checkpoint_meta(str(last))["world_size"] == 2  # ...and the previous one is whole
+    assert checkpointing._saved_step(last) == 2
+    _, before = mlflow_run(tmp_path)
+
+    resumed = run_py(tmp_path, *overrides, "train.ckpt_path=last", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {last}" in resumed.stderr + "".join(
+        p.read_text() for p in (tmp_path / "outputs" / "runs").rglob("*.log"))
+    _, after = mlflow_run(tmp_path)
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    losses = history(tmp_path, "train/loss")
+    assert sorted(losses) == [1, 2, 3, 4] and len(losses[3]) == 2, losses  # step 3: before the kill and after
+    assert losses[3][0] == losses[3][1], losses  # the resume is exact
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]  # the next save cleared the leftover
+    assert checkpointing._saved_step(last) == 4
 
 
 # --- the guard's "skip up to K non-finite steps", in process on a one-parameter model ----------------------

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # Lightning's registered strategy names that launch by re-running the script
 _RELAUNCHING_NAMES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",
                       "fsdp_cpu_offload", "deepspeed", "model_parallel")
-_RELAUNCHING_CLASSES = ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy")
+_RELAUNCHING_CLASSES = ("FSDPStrategy", "ModelParallelStrategy", "FSDP2Strategy", "DeepSpeedStrategy")
 _SPAWNING_METHODS = ("spawn", "fork", "forkserver")
 
 

@@ -1,24 +1,35 @@
 """Checkpoints that survive crashes, resumes that continue the same run, shutdowns that lose nothing.
 
-- ``AtomicCheckpointIO`` writes each checkpoint to a temporary file in the same folder, fsyncs it and
-  renames it into place: a crash (or SIGKILL) while saving leaves the previous checkpoint intact.
-- ``find_resume_checkpoint`` turns ``train.ckpt_path=last`` into the newest ``last.ckpt`` of this run's
-  identity (task, optimizer, model, seed) and checks that a given checkpoint exists and can be read.
+- ``AtomicCheckpointIO`` (DDP, and FSDP2's full format) and ``save_sharded_checkpoint`` (FSDP2's DCP
+  folders) write each checkpoint to a temporary sibling, make it durable (fsync) and rename it into place:
+  a crash (or SIGKILL) while saving leaves the previous checkpoint intact.
+- ``find_resume_checkpoint`` turns ``train.ckpt_path=last`` into the newest complete checkpoint (file or
+  DCP folder) of this run's identity (task, optimizer, model, seed) and checks that a given checkpoint
+  exists and can be read.
 - ``GracefulShutdown`` turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a checkpoint at the next
   optimizer-step boundary, then stops with ``Interrupted`` so the run is marked KILLED, not FAILED.
+- ``FSDP2Strategy`` makes FSDP2's full-format checkpoints (one file) the same plain checkpoints DDP writes,
+  so that a run can resume under the other strategy (same number of processes), resumes its sharded (DCP)
+  checkpoints with every optimizer, including those that keep no state for some or all parameters, and
+  saves both formats crash-safely.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
-import tempfile
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from optsweep.errors import UserError
 
@@ -36,20 +47,81 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+META_FILE = "meta.pt"  # in a DCP folder, beside the shards: all of the checkpoint but model and optimizers
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves a checkpoint file crash-safely: a temporary sibling, fsynced, renamed into place."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _temporary_sibling(path, folder=False)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            _write_durably(checkpoint, tmp)
+            _swap_into_place(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+# --- crash-safe saving ------------------------------------------------------------------------------------
+# A checkpoint is written under a hidden temporary name beside its final one (``.<name>.<random>.tmp``),
+# made durable, then renamed into place. What a crash leaves behind is a temporary: never taken for a
+# checkpoint (``newest_checkpoint``), and deleted by the next successful save of the same name.
+
+def _temporary_sibling(path: Path, folder: bool) -> Path:
+    """A new, empty file or folder with a unique hidden name beside ``path`` (permissions as the umask says,
+    as for the checkpoint written in place, where tempfile's would be private to the user)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    if folder:
+        tmp.mkdir()
+    else:
+        tmp.touch(exist_ok=False)
+    return tmp
+
+
+def _write_durably(obj: Any, file: Path) -> None:
+    with open(file, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (files created or renamed there) durable, not only their contents."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(new: Path, path: Path) -> None:
+    """Rename the complete, durable checkpoint ``new`` (a file or a folder) to ``path``.
+
+    A file replaces a file in one atomic rename. Nothing replaces a folder that way (nor a file a folder, or
+    the reverse, when a run changes format): the old one is first renamed aside to ``.<name>.<random>.old``,
+    then the new one in, then the old one deleted. A crash between the two renames leaves no ``path`` but
+    the whole previous checkpoint under that name, which ``newest_checkpoint`` still finds.
+    """
+    old = None
+    if path.exists() and (path.is_dir() or new.is_dir()):
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(path, old)
+    os.replace(new, path)
+    _fsync_folder(path.parent)
+    # The new checkpoint is in place: the old one, and whatever earlier crashes left of this name, can go.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if stale.name.endswith((".tmp", ".old")):
+            _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def find_resume_checkpoint(ckpt_path: str | None, ckpt_dir: str | Path) -> str | None:
@@ -57,8 +129,7 @@ def find_resume_checkpoint(ckpt_path: str | None, ckpt_dir: str | Path) -> str |
     if ckpt_path in (None, "", "none", "null"):
         return None
     if ckpt_path == "last":
-        last = Path(ckpt_dir) / "last.ckpt"
-        return str(last) if last.exists() else None
+        return newest_checkpoint(ckpt_dir)
     path = Path(ckpt_path)
     if not path.exists():
         raise CheckpointError(
@@ -68,11 +139,57 @@ def find_resume_checkpoint(ckpt_path: str | None, ckpt_dir: str | Path) -> str |
     return str(path)
 
 
+def newest_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The complete checkpoint (a file or a DCP folder) of the highest step in ``ckpt_dir``, ``last.ckpt``
+    on a tie; None if there is none.
+
+    ``last.ckpt`` is normally the newest, but a crash can come after a ``step*.ckpt`` is saved and before
+    ``last.ckpt`` is, or leave the previous ``last.ckpt`` renamed aside (``.last.ckpt.<random>.old``, see
+    ``_swap_into_place``), which therefore counts too. A temporary (``*.tmp``) that a crash interrupted
+    never counts, nor does a folder without DCP's ``.metadata`` and ``meta.pt`` or a file that cannot be
+    read (both can only come from a save that was not crash-safe).
+    """
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".")]
+    candidates += folder.glob(".last.ckpt.*.old")
+    best, best_key = None, None
+    for candidate in candidates:
+        step = _saved_step(candidate)
+        if step is None:
+            continue
+        key = (step, candidate.name == "last.ckpt")
+        if best_key is None or key > best_key:
+            best, best_key = candidate, key
+    return str(best) if best is not None else None
+
+
+def _saved_step(path: Path) -> int | None:
+    """The global step a complete checkpoint was saved at; None if ``path`` is not one."""
+    try:
+        if path.is_dir():
+            if not (path / ".metadata").is_file():
+                return None
+            meta = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        else:  # mmap: reads the small entries, not every tensor
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(meta["global_step"])
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: not a checkpoint to resume
+        return None
+
+
 def read_checkpoint_meta(path: str) -> dict[str, Any]:
     """The small part of a checkpoint that resuming checks before Lightning loads the rest."""
     if Path(path).is_dir():  # a sharded (DCP) checkpoint: metadata lives in its own file
-        meta_file = Path(path) / "meta.pt"
-        return torch.load(meta_file, weights_only=True) if meta_file.exists() else {}
+        meta_file = Path(path) / META_FILE
+        if not meta_file.exists() and not (Path(path) / ".metadata").exists():
+            raise CheckpointError(
+                f"train.ckpt_path={path} is a folder but not a sharded checkpoint (it has no .metadata): point "
+                "train.ckpt_path at a .ckpt file or at a checkpoint folder, or use train.ckpt_path=last"
+            )
+        # meta.pt is the whole checkpoint but its model and optimizer states: ours is one entry of it
+        return torch.load(meta_file, weights_only=True).get("optsweep", {}) if meta_file.exists() else {}
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same problem to the user
@@ -80,6 +197,11 @@ def read_checkpoint_meta(path: str) -> dict[str, Any]:
             f"checkpoint {path} cannot be read ({type(error).__name__}): it is corrupt or not a checkpoint; "
             "point train.ckpt_path at another one"
         ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is a torch file but not a training checkpoint (it has no state_dict): point "
+            "train.ckpt_path at a .ckpt file a run saved, or use train.ckpt_path=last"
+        )
     return checkpoint.get("optsweep", {})
 
 
@@ -105,6 +227,343 @@ def check_compatible(meta: dict[str, Any], path: str, optimizer: str, model: str
             f"data stream's position is per process: resume with {saved_world} processes in all "
             f"(trainer.devices x trainer.num_nodes)"
         )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy (FSDP2) with checkpoints that resume exactly and survive crashes.
+
+    A full checkpoint (``save_distributed_checkpoint=false``) here holds what a DDP run writes: the model's
+    full state dict and, per optimizer, torch's own ``Optimizer.state_dict()`` layout - parameters numbered
+    by their place in the param groups, every tensor whole. Lightning writes and reads the optimizer state
+    numbered in the model's parameter order instead, so a DDP checkpoint, numbered in param-group order
+    (here grouped by role, not in model order), put each state on the wrong parameter under FSDP2 and
+    failed on the first shape that differed.
+
+    A sharded checkpoint (``save_distributed_checkpoint=true``) is Lightning's DCP folder, loaded by
+    ``load_sharded_checkpoint``: Lightning's own loader requires optimizer state for every trainable
+    parameter, which SCALE (hidden matrices) and plain SGD (everything) do not keep.
+
+    Both formats are saved crash-safely (a temporary sibling, fsynced, renamed into place by rank 0), where
+    Lightning writes the file or the folder in place.
+    """
+
+    @property
+    def checkpoint_io(self):
+        # Full-format files go through the CheckpointIO: crash-safe even where the Trainer is given none. (A
+        # default set in __init__ instead would make the Trainer refuse an AtomicCheckpointIO plugin.)
+        if self._checkpoint_io is None:
+            self._checkpoint_io = AtomicCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io) -> None:
+        self._checkpoint_io = io
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if self._save_distributed_checkpoint:
+            return super().optimizer_state(optimizer)
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer._optimizer
+        # Every rank takes part in the all-gathers; only rank 0 writes the file, so only it keeps them.
+        return full_optimizer_state(optimizer, keep=self.is_global_zero)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
+        path = Path(self.broadcast(filepath))  # every rank saves to rank 0's path
+        if path.is_dir() and not _only_dcp_files(path):
+            # A checkpoint replaces a checkpoint (even a half-written one), never a folder of something else.
+            raise IsADirectoryError(f"cannot save checkpoint {path}: a folder that is not a checkpoint is there")
+        if self._save_distributed_checkpoint:
+            save_sharded_checkpoint(checkpoint, path)
+        else:
+            if self.is_global_zero:
+                self.checkpoint_io.save_checkpoint(checkpoint, path)
+            # No rank goes on (to train, save again or read it) before the new checkpoint is in place.
+            self.barrier("FSDP2Strategy.save_checkpoint")
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(self.broadcast(checkpoint_path))  # every rank must read the same checkpoint
+        if path.is_dir():
+            return load_sharded_checkpoint(path, self.model, self.optimizers,
+                                           strict=self.lightning_module.strict_loading, weights_only=weights_only)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # Every rank maps the same file (mmap: read as needed, not copied whole into each process), so each
+        # can take its rows of an optimizer state from its own copy.
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        options = StateDictOptions(full_state_dict=True, strict=self.lightning_module.strict_loading)
+        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
+        saved_states = checkpoint.get("optimizer_states", [])
+        if len(saved_states) != len(self.optimizers):
+            raise CheckpointError(f"checkpoint {path} has {len(saved_states)} optimizer states for "
+                                  f"{len(self.optimizers)} optimizers: it was written by another training setup")
+        for optimizer, saved in zip(self.optimizers, saved_states):
+            load_full_optimizer_state(optimizer, saved)
+        # Lightning restores the rest (schedulers, loops, data position, callbacks, module hooks) from this.
+        return checkpoint
+
+
+# --- sharded (DCP) checkpoints ------------------------------------------------------------------------------
+# Lightning's layout: a folder with the model's and each optimizer's sharded state dicts (keys
+# ``state_dict`` and ``optimizer_<i>``, as torch.distributed.checkpoint.state_dict returns them: named by
+# parameter) in DCP's files, and the rest of the checkpoint (loops, schedulers, callbacks...) in meta.pt.
+
+def save_sharded_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Save a Lightning checkpoint as a DCP folder at ``path``, crash-safely. A collective: all ranks call it.
+
+    Every rank writes its shard file into one temporary folder. DCP fsyncs each file and writes the folder's
+    ``.metadata`` only once every rank's file is written; rank 0 then adds meta.pt, fsyncs the folder and
+    swaps it into place. Every rank returns once it is there.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    first = _rank() == 0
+    tmp = None
+    if first:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = str(_temporary_sibling(path, folder=True))
+    tmp = Path(_broadcast(tmp))  # one folder for all ranks
+    state = {"state_dict": checkpoint.pop("state_dict")}
+    state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+    try:
+        dcp.save(state, checkpoint_id=tmp)
+        if first:
+            _write_durably(checkpoint, tmp / META_FILE)
+            _fsync_folder(tmp)
+            _swap_into_place(tmp, path)
+    except BaseException:
+        if first:
+            _remove(tmp)
+        raise
+    _barrier()
+
+
+def load_sharded_checkpoint(path: str | Path, model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                            strict: bool = True, weights_only: bool | None = None) -> dict[str, Any]:
+    """Load a DCP folder into ``model`` and ``optimizers`` and return the rest of the checkpoint (meta.pt).
+
+    A collective: every rank calls it. Each optimizer gets exactly the state that was saved (see
+    ``_load_sharded_optimizer_state``). The optimizers are loaded before the model: torch's state-dict API
+    steps an optimizer that holds no state yet (zero gradients, lr 0) to create it, and nothing obliges
+    such a step to leave the weights alone (none of the registry's changes them, but a decay with a rate of
+    its own, or a division by a zero statistic, would); the weights loaded next are the saved ones anyway.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_model_state_dict,
+    )
+
+    path = Path(path)
+    if not (path / ".metadata").is_file() or not (path / META_FILE).is_file():
+        raise CheckpointError(f"{path} is a folder but not a complete sharded checkpoint (no .metadata or "
+                              f"{META_FILE}): point train.ckpt_path at another checkpoint")
+    saved = dcp.FileSystemReader(path).read_metadata()
+    places = saved.planner_data  # flat key of each saved value -> its place in the nested state dict
+    if not isinstance(places, dict):
+        raise CheckpointError(f"{path} is a sharded checkpoint without DCP's map of its keys (not saved by "
+                              "Lightning or this project): it cannot be resumed here")
+    saved_optimizers = {place[0] for place in places.values() if str(place[0]).startswith("optimizer_")}
+    if len(saved_optimizers) != len(optimizers):
+        raise CheckpointError(f"checkpoint {path} has {len(saved_optimizers)} optimizer states for "
+                              f"{len(optimizers)} optimizers: it was written by another training setup")
+    for index, optimizer in enumerate(optimizers):
+        _load_sharded_optimizer_state(path, saved.state_dict_metadata, places, model, optimizer,
+                                      f"optimizer_{index}")
+    model_state = {"state_dict": get_model_state_dict(model)}
+    dcp.load(model_state, checkpoint_id=path)
+    set_model_state_dict(model, model_state["state_dict"], options=StateDictOptions(strict=strict))
+    return torch.load(path / META_FILE, map_location="cpu", weights_only=weights_only)
+
+
+def _load_sharded_optimizer_state(path: Path, saved: dict, places: dict, model: torch.nn.Module,
+                                  optimizer: torch.optim.Optimizer, key: str) -> None:
+    """Load the optimizer state saved under ``key`` in the DCP folder ``path``, whose metadata lists what
+    was saved (``saved``: flat key -> shape and dtype, or bytes) and where (``places``: flat key -> place).
+
+    Lightning's loader reads the entries the optimizer holds after torch's zero-gradient first step, then
+    requires saved state for every trainable parameter. What an optimizer keeps is its own business: SCALE
+    nothing for its hidden matrices, SGD without momentum nothing at all, and an entry could appear only
+    after some steps. So what is read is what the checkpoint's metadata lists, and it is handed over with
+    ``strict=False``: a parameter without saved state has none after the load, as when it was saved. An
+    entry the optimizer keeps as a DTensor (sharded like its parameter) is read as this rank's rows; any
+    other (a step count, GaLore's projector and low-rank moments) whole, identical on every rank.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import empty as empty_dtensor
+
+    # What the optimizer itself holds, by parameter name (after torch's zero-gradient step if it held
+    # nothing): whether each entry is a DTensor, and its memory layout.
+    held = get_optimizer_state_dict(model, optimizer)["state"]
+    # DCP stores no empty dict: an optimizer without any state (plain SGD) saved no "state" at all
+    target: dict[Any, Any] = {"state": {}}
+    for flat_key, place in places.items():
+        if place[0] != key:
+            continue
+        meta = saved[flat_key]
+        value = None  # a number, string or list (of parameter names): DCP puts the saved object in its place
+        if isinstance(meta, TensorStorageMetadata):
+            like = _get_nested(held, place[2:]) if place[1] == "state" else None
+            if torch.is_tensor(like) and like.shape == meta.size and like.dtype == meta.properties.dtype:
+                # Also its memory layout, which DCP does not keep: a matmul with GaLore's column-major
+                # projector differs in the last bit from one with a row-major copy (6e-8 after 3 steps).
+                value = torch.empty_like(like)
+            elif isinstance(like, DTensor):
+                value = empty_dtensor(meta.size, dtype=meta.properties.dtype, device_mesh=like.device_mesh,
+                                      placements=like.placements)
+            else:
+                value = torch.empty(meta.size, dtype=meta.properties.dtype)
+        _set_nested(target, place[1:], value)
+    target = _as_lists(target)
+    dcp.load({key: target}, checkpoint_id=path)
+    set_optimizer_state_dict(model, optimizer, target, options=StateDictOptions(strict=False))
+
+
+def _only_dcp_files(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but what a DCP save writes (``.metadata`` last, via a temporary)."""
+    return all(p.suffix == ".distcp" or p.name == META_FILE or p.name.startswith(".metadata")
+               for p in folder.iterdir())
+
+
+def _get_nested(tree: Any, place: Sequence) -> Any:
+    for part in place:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _set_nested(tree: dict, place: Sequence, value: Any) -> None:
+    for part in place[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[place[-1]] = value
+
+
+def _as_lists(tree: Any) -> Any:
+    """``tree`` (built by ``_set_nested``) with each dict keyed by numbers as a list: DCP numbers list items."""
+    if not isinstance(tree, dict):
+        return tree
+    items = {k: _as_lists(v) for k, v in tree.items()}
+    if items and all(isinstance(k, int) for k in items):
+        return [items[k] for k in sorted(items)]
+    return items
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if _distributed() else 0
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not _distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    if _distributed():
+        torch.distributed.barrier()
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded (DTensor) state gathered whole, on the CPU.
+
+    A collective: every rank must call it. Returns ``{}`` where ``keep`` is false.
+    """
+    from torch.distributed.tensor import DTensor
+
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for index in sorted(state_dict["state"]):  # the same order on every rank: the all-gathers must match
+        entries = state_dict["state"][index]
+        full = {}
+        for key in sorted(entries):
+            value = entries[key]
+            if isinstance(value, DTensor):
+                value = value.full_tensor().cpu()
+            full[key] = value
+        state[index] = full
+    return {"state": state, "param_groups": state_dict["param_groups"]} if keep else {}
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a whole (unsharded) optimizer state into an optimizer of FSDP2-sharded parameters.
+
+    Parameters are matched by their place in the param groups, as ``Optimizer.load_state_dict`` does. An
+    entry the optimizer keeps sharded like its parameter gets this rank's rows of the saved tensor;
+    anything else (step counters, low-rank moments and projectors of GaLore-like methods) is loaded whole,
+    so it is identical on every rank. Which entries are sharded is what the optimizer itself does on its
+    first step - not the shape: GaLore's moments have the matrix's shape when its rank reaches the matrix
+    size, yet are whole on every rank. (An entry an optimizer created only after its first step would be
+    loaded whole; none here does.)
+    """
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [index for group in saved["param_groups"] for index in group["params"]]
+    if len(saved_ids) != len(params):
+        raise CheckpointError(f"the checkpoint's optimizer state is for {len(saved_ids)} parameters, this "
+                              f"optimizer has {len(params)}: it was written for another model or optimizer")
+    sharded_keys = _entries_kept_sharded(optimizer)
+    state = {}
+    for index, param, sharded in zip(saved_ids, params, sharded_keys):
+        if index not in saved["state"]:
+            continue  # no state yet (no gradient so far, or a stateless optimizer)
+        state[index] = {
+            # src_data_rank=None: each rank cuts its rows from its own copy of the file, no broadcast
+            key: distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+            if key in sharded else value
+            for key, value in saved["state"][index].items()
+        }
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def _entries_kept_sharded(optimizer: torch.optim.Optimizer) -> list[set[str]]:
+    """Per parameter (in param-group order): the state entries the optimizer keeps as DTensors.
+
+    Learned as torch.distributed.checkpoint does, from one step with zero gradients on the still empty
+    optimizer (a collective where the optimizer gathers matrices: every rank runs it). That state is then
+    discarded and the parameters restored - a zero update may be NaN, and an optimizer may decay weights -
+    so the step leaves nothing behind but its answer.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def dtensor_keys() -> list[set[str]]:
+        return [{key for key, value in optimizer.state.get(p, {}).items() if isinstance(value, DTensor)}
+                for p in params]
+
+    if optimizer.state:  # it has stepped already: its own state says
+        return dtensor_keys()
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    sharded = dtensor_keys()
+    optimizer.state.clear()
+    with torch.no_grad():
+        for p, value in zip(params, before):
+            p.copy_(value)
+            p.grad = None
+    return sharded
 
 
 class GracefulShutdown(L.Callback):
