@@ -354,6 +354,8 @@ def test_project_sweeps_compose_and_parse(sweep):
         assert p.key.removeprefix("optimizer.") in cfg.optimizer, p.key
     if sweeper.sampler._target_.endswith("GridSampler"):
         assert math.prod(len(v) for v in space.grid().values()) == sweeper.n_trials
+        # a grid is a table to fill: no point may be pruned by comparison with the others
+        assert sweeper.pruner._target_ == "optuna.pruners.NopPruner"
 
 
 def test_ready_sweeps_cover_every_baseline():

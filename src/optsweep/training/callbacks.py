@@ -211,6 +211,8 @@ class DivergenceGuard(L.Callback):
 class StepProgressBar(TQDMProgressBar):
     """tqdm bar over optimizer steps (not micro batches of an endless stream), so its ETA is the run's."""
 
+    _drawn_at = 0.0  # when the bar was last redrawn (monotonic seconds)
+
     def on_train_epoch_start(self, trainer, *_) -> None:
         super().on_train_epoch_start(trainer)
         self.train_progress_bar.reset(total=trainer.max_steps)
@@ -222,8 +224,18 @@ class StepProgressBar(TQDMProgressBar):
         if trainer.global_step != bar.n and (trainer.global_step % self.refresh_rate == 0
                                              or trainer.global_step >= trainer.max_steps):
             bar.n = trainer.global_step
+            bar.set_description("train", refresh=False)
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
+            self._drawn_at = time.monotonic()
+        elif trainer.accumulate_grad_batches > 1 and time.monotonic() - self._drawn_at > 2.0:
+            # A large accumulation on a slow machine (a paper-size batch on a CPU) can take minutes per
+            # step: show which micro batch it is on, at most every 2 s (no device sync involved).
+            accumulate = trainer.accumulate_grad_batches
+            micro = batch_idx % accumulate + 1
+            if micro < accumulate:
+                bar.set_description(f"train (step {trainer.global_step + 1}: micro batch {micro}/{accumulate})")
+                self._drawn_at = time.monotonic()
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)

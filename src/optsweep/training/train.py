@@ -15,10 +15,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optsweep import tracking
-from optsweep.training.budget import Budget, resolve_budget
+from optsweep.models.llama import build_llama, count_parameters
+from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError
 from optsweep.training.checkpointing import (
     AtomicCheckpointIO,
@@ -62,11 +63,25 @@ def build_budget(cfg: DictConfig) -> Budget:
     )
 
 
+def stop_step(cfg: DictConfig, budget: Budget) -> int:
+    """Where training stops: the budget's last step, or earlier with ``trainer.max_steps`` (Lightning's own
+    meaning: stop after N optimizer steps; the schedule still runs over the whole budget, so the first N
+    steps are exactly those of the full run, e.g. to smoke-test a paper configuration)."""
+    stop = cfg.trainer.get("max_steps")
+    if stop is None or stop == -1:
+        return budget.max_steps
+    if not 0 < stop <= budget.max_steps:
+        raise BudgetError(f"trainer.max_steps={stop} must lie between 1 and the budget's {budget.max_steps} steps "
+                          "(train.max_steps or train.max_tokens): lower it, or raise the budget instead")
+    return stop
+
+
 def build_strategy(strategy_cfg: DictConfig, world: int):
     """A strategy name Lightning knows (``auto``), or an instance from the group's ``_target_``.
 
-    FSDP2 is Lightning's ModelParallelStrategy with all ranks data-parallel; the ``fsdp`` block of the
-    strategy config goes to the LightningModule, which applies ``fully_shard`` in ``configure_model``.
+    FSDP2 is ``FSDP2Strategy`` (Lightning's ModelParallelStrategy whose full checkpoints DDP can read and
+    write) with all ranks data-parallel; the ``fsdp`` block of the strategy config goes to the
+    LightningModule, which applies ``fully_shard`` in ``configure_model``.
     """
     options = OmegaConf.to_container(strategy_cfg, resolve=True)
     name = options.pop("name", "auto")
@@ -133,6 +148,12 @@ def train(cfg: DictConfig) -> float:
     """Train as configured and return the final validation loss (+inf if the run diverged)."""
     check_config(cfg)
     budget = build_budget(cfg)
+    stop_at = stop_step(cfg, budget)
+    if cfg.train.max_steps is None:
+        # A token budget: record the step count it means, so configs that follow the run's length (e.g.
+        # Stable-SPAM's total_T: ${train.max_steps}) resolve to it instead of to null.
+        with open_dict(cfg):
+            cfg.train.max_steps = budget.max_steps
     L.seed_everything(cfg.seed, workers=True)
 
     ckpt_path = find_resume_checkpoint(cfg.train.get("ckpt_path"), cfg.paths.ckpt_dir)
@@ -173,25 +194,31 @@ def train(cfg: DictConfig) -> float:
         strategy=build_strategy(cfg.strategy, budget.world_size),
         logger=loggers or False,
         callbacks=callbacks,
-        max_steps=budget.max_steps,
+        max_steps=stop_at,
         max_epochs=-1,
         accumulate_grad_batches=budget.accumulate_grad_batches,
         # val_check_interval counts micro batches of the (endless) train stream
         val_check_interval=cfg.train.eval_every_n_steps * budget.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         enable_progress_bar=True,
-        plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "fsdp" else None,
+        plugins=[AtomicCheckpointIO()],  # crash-safe saves, whatever the strategy
     )
+    # Counted on the meta device (no memory): known and logged before the first, possibly long, step.
+    num_params = count_parameters(build_llama(spec, vocab_size=datamodule.vocab_size, device="meta"))
     mlflow_logger = next((lg for lg in loggers if lg.__class__.__name__ == "MLFlowLogger"), None)
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
         if trainer.is_global_zero:
             tracking.log_run_context(mlflow_logger, cfg)
+            mlflow_logger.log_metrics({"model/params": num_params}, step=0)
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
+    log.info("model %s: %.2fM parameters", spec.name, num_params / 1e6)
     log.info("budget: %s steps x %s sequences (%s micro x %s devices x %s accumulation), %s warmup, %.3g tokens",
              budget.max_steps, budget.total_batch_size, budget.micro_batch_size, budget.world_size,
              budget.accumulate_grad_batches, budget.warmup_steps, budget.total_tokens)
+    if stop_at < budget.max_steps:
+        log.info("stopping after %s of the schedule's %s steps (trainer.max_steps)", stop_at, budget.max_steps)
 
     if ckpt_path is None and trainer.is_global_zero:
         archive_old_checkpoints(cfg.paths.ckpt_dir)
