@@ -31,6 +31,7 @@ def _log_run(
     throughput=(100.0, 1000.0, 1100.0, 1200.0),
     steps=(0, 50, 100),
     data="sample",
+    method=None,
 ):
     run = client.create_run(
         experiment_id,
@@ -43,6 +44,7 @@ def _log_run(
             "strategy": "auto",
             "seed": "42",
             "git_commit": "abc",
+            **({"method": method} if method else {}),
         },
     )
     final = math.log(ppl)
@@ -260,3 +262,33 @@ def test_cli(store, tmp_path, capsys):
     assert "no MLflow store at" in capsys.readouterr().err
     assert main(["compare", "--tracking-uri", store["uri"], "--list"]) == 0
     assert "- quickstart: 7 run(s) (1 FAILED, 6 FINISHED)" in capsys.readouterr().out  # summaries not counted
+
+
+def test_scale_ablation_variants_are_rows_of_their_own(tmp_path):
+    """Runs of the SCALE optimizer with its ablation switches carry a method tag (sgd+sign, ...): each is its
+    own row and curve, not the latest 'scale' run standing for all of them."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    eid = client.create_experiment("ablation")
+    for i, (method, ppl) in enumerate([("sgd+sign", 300.0), ("sgd+column", 200.0), ("scale", 150.0)]):
+        _log_run(client, eid, "scale", start=1000 + i, ppl=ppl, memory=1e6, state=1e5, method=method)
+    report = compare.build_report(experiments=["ablation"], tracking_uri=uri, out=tmp_path / "out", log=False)
+    assert {(r.optimizer, round(r.val_ppl)) for r in report.rows} == {
+        ("sgd+sign", 300), ("sgd+column", 200), ("scale", 150)}
+
+
+def test_the_method_tag_names_scale_ablation_variants():
+    from omegaconf import OmegaConf
+
+    from optsweep.tracking import method_name
+
+    def name(optimizer, **options):
+        return method_name(optimizer, OmegaConf.create(options))
+
+    assert name("adamw", lr=1e-3) == "adamw"
+    assert name("scale", normalization="column", momentum_on="last") == "scale"
+    assert name("scale", normalization="column", momentum_on="none") == "sgd+column"
+    assert name("scale", normalization="sign", momentum_on="none") == "sgd+sign"
+    assert name("scale", normalization="newton_schulz", momentum_on="none") == "sgd+newton_schulz"
+    assert name("scale", normalization="none", momentum_on="none") == "sgd"
+    assert name("scale", normalization="row", momentum_on="all") == "sgdm+row"

@@ -2,7 +2,8 @@
 
 MLflow 3 refuses its old file store unless told otherwise, and Lightning's MLFlowLogger still defaults to
 it, so the store is ``sqlite:///<repo>/outputs/mlflow.db`` (``conf/logger/mlflow.yaml``). Each run carries:
-- tags: optimizer, model, data, strategy, seed, git commit (and whether the tree was dirty), task;
+- tags: optimizer, method (the optimizer, or the name of a SCALE ablation variant), model, data, strategy,
+  seed, git commit (and whether the tree was dirty), task;
 - params: the flattened resolved config (Lightning truncates values at 250 characters, so the full
   resolved config is also an artifact, ``config/resolved.yaml``);
 - artifact ``environment/versions.json``: Python, platform and the versions of the stack's packages.
@@ -61,8 +62,10 @@ def package_versions() -> dict[str, str]:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     choices = _choices(cfg)
+    optimizer = str(cfg.optimizer.get("name", choices.get("optimizer", "?")))
     tags = {
-        "optimizer": str(cfg.optimizer.get("name", choices.get("optimizer", "?"))),
+        "optimizer": optimizer,
+        "method": method_name(optimizer, cfg.optimizer),
         "model": str(cfg.model.get("name", choices.get("model", "?"))),
         "data": str(choices.get("data", cfg.data.get("name", "?"))),
         "strategy": str(choices.get("strategy", "?")),
@@ -71,6 +74,16 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     }
     tags.update(git_state(code_root()))
     return tags
+
+
+def method_name(optimizer: str, options: DictConfig) -> str:
+    """What reports call the run's optimizer: its registry name, except for SCALE's ablation switches, whose
+    variants (the paper's "SGD + sign", "SGD + column", ...) must not be mistaken for SCALE itself."""
+    if optimizer != "scale":
+        return optimizer
+    from optsweep.optim.scale import method_name as scale_method
+
+    return scale_method(options.get("normalization", "column"), options.get("momentum_on", "last"))
 
 
 def run_name(cfg: DictConfig) -> str:

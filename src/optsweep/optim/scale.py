@@ -342,6 +342,16 @@ class SCALE(torch.optim.Optimizer):
             return False
 
 
+def method_name(normalization: str = "column", momentum_on: str = "last") -> str:
+    """How a comparison names this configuration: ``scale``, or the paper's ablation rows ``sgd+sign``,
+    ``sgd+row``, ``sgd+newton_schulz``, ``sgd+column`` (no momentum), ``sgd`` (neither); momentum on every
+    matrix is ``sgdm+...``, on the lm_head with another normalisation ``sgd-lastm+...``."""
+    if (normalization, momentum_on) == ("column", "last"):
+        return "scale"
+    base = {"none": "sgd", "all": "sgdm", "last": "sgd-lastm"}[momentum_on]
+    return base if normalization == "none" else f"{base}+{normalization}"
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"SCALE: unknown {name} {value!r}; valid values: {', '.join(choices)}")

@@ -115,7 +115,9 @@ class RunRecord:
 
     @property
     def optimizer(self) -> str:
-        return self.tags.get("optimizer", "?")
+        """The optimizer as the report names it: the ``method`` tag (SCALE's ablation variants each have
+        their own, e.g. ``sgd+sign``), else the ``optimizer`` tag (runs logged before the method tag)."""
+        return self.tags.get("method") or self.tags.get("optimizer", "?")
 
     @property
     def model(self) -> str:
