@@ -32,6 +32,7 @@ def _log_run(
     steps=(0, 50, 100),
     data="sample",
     method=None,
+    lr=1e-3,
 ):
     run = client.create_run(
         experiment_id,
@@ -72,6 +73,7 @@ def _log_run(
         Metric("model/params", 1e6, start, 0),
     ]
     client.log_batch(run.info.run_id, metrics=metrics)
+    client.log_param(run.info.run_id, "optimizer.lr", lr)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
 
@@ -165,7 +167,7 @@ def test_table_numbers(report, store):
 
     text = (report.out / "report.md").read_text()
     assert (
-        "| adamw | llama_tiny | 33.12 | 32.13 | 3.5001 | 100 | 409.60k | 368.64k | 8.000 | 12.000 | 50.000 "
+        "| adamw | llama_tiny | 0.001 | 33.12 | 32.13 | 3.5001 | 100 | 409.60k | 368.64k | 8.000 | 12.000 | 50.000 "
         "| 1,050 | 2 |" in text
     )
     assert "model + optimizer (MB)" in text and "| 12.000 |" in text  # tiny runs are shown in MB
@@ -254,7 +256,7 @@ def test_cli(store, tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "| optimizer | model | val ppl (paper est.) | val ppl |" in out
+    assert "| optimizer | model | lr | val ppl (paper est.) | val ppl |" in out
     assert (tmp_path / "r" / "pareto.png").is_file()
     assert main(["compare", "--tracking-uri", store["uri"], "--experiment", "nope", "--no-log"]) == 2
     assert "error: no experiment named 'nope'" in capsys.readouterr().err
@@ -271,10 +273,10 @@ def test_scale_ablation_variants_are_rows_of_their_own(tmp_path):
     client = MlflowClient(uri)
     eid = client.create_experiment("ablation")
     for i, (method, ppl) in enumerate([("sgd+sign", 300.0), ("sgd+column", 200.0), ("scale", 150.0)]):
-        _log_run(client, eid, "scale", start=1000 + i, ppl=ppl, memory=1e6, state=1e5, method=method)
+        _log_run(client, eid, "scale", start=1000 + i, ppl=ppl, memory=1e6, state=1e5, method=method, lr=i + 1.0)
     report = compare.build_report(experiments=["ablation"], tracking_uri=uri, out=tmp_path / "out", log=False)
-    assert {(r.optimizer, round(r.val_ppl)) for r in report.rows} == {
-        ("sgd+sign", 300), ("sgd+column", 200), ("scale", 150)}
+    assert {(r.optimizer, round(r.val_ppl), r.lr) for r in report.rows} == {
+        ("sgd+sign", 300, 1.0), ("sgd+column", 200, 2.0), ("scale", 150, 3.0)}
 
 
 def test_the_method_tag_names_scale_ablation_variants():

@@ -111,6 +111,7 @@ class RunRecord:
     start_time: int
     tags: dict[str, str]
     metrics: dict[str, float]  # final values (MLflow's latest: the largest step)
+    lr: float | None = None  # the configured peak learning rate (param optimizer.lr)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value), by step
 
     @property
@@ -179,7 +180,15 @@ def _record(run, experiment_names: dict[str, str]) -> RunRecord:
         start_time=run.info.start_time or 0,
         tags=dict(run.data.tags),
         metrics=dict(run.data.metrics),
+        lr=_number(run.data.params.get("optimizer.lr")),
     )
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def find_runs(
@@ -274,6 +283,7 @@ def select_runs(records: Sequence[RunRecord], how: str, ppl_key: str) -> list[tu
 class Row:
     optimizer: str
     model: str
+    lr: float | None
     val_ppl: float | None
     val_ppl_paper: float | None
     val_loss: float | None
@@ -301,6 +311,7 @@ def table_rows(selected: Sequence[tuple[RunRecord, int]]) -> list[Row]:
             Row(
                 optimizer=record.optimizer,
                 model=record.model,
+                lr=record.lr,
                 val_ppl=m.get(VAL_PPL),
                 val_ppl_paper=m.get(VAL_PPL_PAPER),
                 val_loss=m.get(VAL_LOSS),
@@ -353,6 +364,7 @@ def render_markdown_table(rows: Sequence[Row], ppl_key: str) -> str:
     header = [
         "optimizer",
         "model",
+        "lr",
         main_ppl,
         other_ppl,
         "val loss",
@@ -377,6 +389,7 @@ def render_markdown_table(rows: Sequence[Row], ppl_key: str) -> str:
                 [
                     r.optimizer,
                     r.model,
+                    _fmt(r.lr, ".3g"),
                     _fmt(main, ".2f"),
                     _fmt(other, ".2f"),
                     _fmt(r.val_loss, ".4f"),
@@ -399,6 +412,7 @@ def render_markdown_table(rows: Sequence[Row], ppl_key: str) -> str:
 CSV_FIELDS = (
     "optimizer",
     "model",
+    "lr",
     "val_ppl",
     "val_ppl_paper",
     "val_loss",
@@ -426,6 +440,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> Path:
                 {
                     "optimizer": r.optimizer,
                     "model": r.model,
+                    "lr": r.lr,
                     "val_ppl": r.val_ppl,
                     "val_ppl_paper": r.val_ppl_paper,
                     "val_loss": r.val_loss,

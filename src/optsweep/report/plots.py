@@ -129,6 +129,11 @@ def pareto_plot(points: Sequence[ParetoPoint], path: Path, ppl_label: str, title
             xs, ys, linestyle="--", color="black", linewidth=1.2, alpha=0.7, zorder=2, label="Pareto frontier"
         )
         ax.set_xlabel(f"model + optimizer memory ({unit})")
+        perplexities = [y for _, y in xy]
+        if min(perplexities) > 0 and max(perplexities) / min(perplexities) > 10:
+            # one diverged or untuned run (plain SGD) would otherwise flatten every other point onto a line
+            ax.set_yscale("log")
+            ppl_label += ", log scale"
         ax.set_ylabel(ppl_label)
         ax.set_title(model, fontsize=10)
         ax.grid(True, alpha=0.3)
