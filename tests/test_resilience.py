@@ -57,6 +57,7 @@ def test_sigkill_midway_then_resume_is_bit_exact(tmp_path, reference):
     ckpt = torch.load(tmp_path / CKPTS / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 4  # the newest checkpoint before the kill
     _, before = mlflow_run(tmp_path)
+    assert before.info.status == "RUNNING"  # killed mid-training: neither FINISHED (by the first eval) nor KILLED
     resumed = run_py(tmp_path, *BASE, "train.ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, after = mlflow_run(tmp_path)  # asserts there is still exactly one run

@@ -225,6 +225,10 @@ def train(cfg: DictConfig) -> float:
     try:
         if cfg.train.eval_at_start and ckpt_path is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
+            if mlflow_logger is not None and trainer.is_global_zero:
+                # Lightning's MLFlowLogger closes the run (FINISHED) at the end of every validate(); training
+                # goes on in it, so reopen it: a run killed later must not read as finished
+                mlflow_logger.experiment.update_run(mlflow_logger.run_id, status="RUNNING")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.global_step % cfg.train.eval_every_n_steps:
             trainer.validate(module, datamodule=datamodule, verbose=False)
