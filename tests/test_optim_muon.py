@@ -331,6 +331,9 @@ def _fsdp_worker(rank, world, port, name, options, out):
                     for p, q in zip(sharded.parameters(), reference.parameters()))
         if rank == 0:
             torch.save(torch.tensor(worst), out)
+        # Both ranks leave together: a rank tearing gloo down while its peer still holds the connection
+        # can abort the peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
