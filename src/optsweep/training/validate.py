@@ -232,12 +232,8 @@ def check_data(cfg: DictConfig) -> None:
     _integer(data, "data.num_workers", least=0, example=4)
     _integer(data, "data.shuffle_buffer", least=0, example=10_000, note="0 keeps file order")
     _integer(data, "data.val_micro_batch_size", least=1, example=16, nullable=True)
-    row_format = data.get("row_format")
-    if row_format not in ROW_FORMATS:
-        guess = closest(row_format, ROW_FORMATS)
-        hint = f" (did you mean data.row_format={guess}?)" if guess else ""
-        raise ConfigError(f"data.row_format={row_format} is not a row format{hint}: choose data.row_format=<one of "
-                          f"{', '.join(ROW_FORMATS)}>")
+    _one_of("data.row_format", data.get("row_format"), ROW_FORMATS, "a row format",
+            f"choose data.row_format=<one of {', '.join(ROW_FORMATS)}>")
     micro = data.get("micro_batch_size")
     if micro != cfg.train.micro_batch_size:
         raise ConfigError(f"data.micro_batch_size={micro} differs from train.micro_batch_size="
@@ -247,6 +243,15 @@ def check_data(cfg: DictConfig) -> None:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"data.{key}={value} must be a path or a name: quote it, e.g. data.{key}='{value}'")
+
+
+def _one_of(field: str, value, choices, what: str, fix: str) -> None:
+    """Refuse a value outside ``choices`` in one sentence, naming the closest valid one where there is one."""
+    if value in choices:
+        return
+    guess = closest(value, [c for c in choices if isinstance(c, str)])
+    hint = f" (did you mean {field}={guess}?)" if guess else ""
+    raise ConfigError(f"{field}={value} is not {what}{hint}: {fix}")
 
 
 def check_scheduler(scheduler: DictConfig | None) -> None:
@@ -261,19 +266,13 @@ def check_scheduler(scheduler: DictConfig | None) -> None:
 # --- trainer and devices -----------------------------------------------------------------------------
 
 def check_trainer(trainer: DictConfig) -> None:
-    accelerator = trainer.get("accelerator", "auto")
-    if accelerator not in _ACCELERATORS:
-        guess = closest(accelerator, _ACCELERATORS)
-        hint = f" (did you mean trainer.accelerator={guess}?)" if guess else ""
-        raise ConfigError(f"trainer.accelerator={accelerator} is not an accelerator{hint}: choose trainer=cpu, "
-                          f"trainer=gpu or trainer.accelerator=<one of {', '.join(_ACCELERATORS)}>")
+    _one_of("trainer.accelerator", trainer.get("accelerator", "auto"), _ACCELERATORS, "an accelerator",
+            f"choose trainer=cpu, trainer=gpu or trainer.accelerator=<one of {', '.join(_ACCELERATORS)}>")
     precision = trainer.get("precision")
     valid = _precisions()
-    if precision is not None and valid and precision not in valid:
-        guess = closest(precision, [v for v in valid if isinstance(v, str)])
-        hint = f" (did you mean trainer.precision={guess}?)" if guess else ""
-        raise ConfigError(f"trainer.precision={precision} is not a precision Lightning knows{hint}: choose "
-                          f"trainer.precision=<one of {_PRECISIONS_SHOWN}>")
+    if precision is not None and valid:
+        _one_of("trainer.precision", precision, valid, "a precision Lightning knows",
+                f"choose trainer.precision=<one of {_PRECISIONS_SHOWN}>")
     devices = trainer.get("devices", "auto")
     if _device_count(devices) is None:
         raise ConfigError(f"trainer.devices={devices} must be a positive number of devices, a list of device "
