@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from optsweep.models.llama import ModelSpec, build_llama, count_parameters
+from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import state_bytes
 
 
@@ -156,23 +156,17 @@ class LlamaLitModule(L.LightningModule):
         self.log_metrics(metrics)
 
     def _log_sizes(self) -> None:
-        """Parameter count and optimizer-state bytes, measured once the (lazy) state exists."""
+        """Optimizer-state bytes (and weights + state), measured once the (lazy) state exists."""
         optimizer = self.trainer.optimizers[0]
         param_bytes = sum(p.numel() * p.element_size() for p in self.llama.parameters())
         opt_bytes = torch.tensor(float(state_bytes(optimizer)), device=self.device)
         if self.trainer.world_size > 1:  # sharded states: sum the ranks' shards
             opt_bytes = self.trainer.strategy.reduce(opt_bytes, reduce_op="sum")
         self.optimizer_state_bytes = int(opt_bytes)
-        self.log_metrics({
-            "model/params": self.num_parameters,
+        self.log_metrics({  # model/params is logged by train() before the first step
             "optimizer/state_bytes": self.optimizer_state_bytes,
             "memory/model_optimizer_bytes": param_bytes + self.optimizer_state_bytes,
         })
-
-    @property
-    def num_parameters(self) -> int:
-        # A sharded DTensor reports its global shape, so this is the full model's count on every rank.
-        return count_parameters(self.llama)
 
     # ------------------------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:

@@ -205,12 +205,14 @@ def train(cfg: DictConfig) -> float:
     )
     # Counted on the meta device (no memory): known and logged before the first, possibly long, step.
     num_params = count_parameters(build_llama(spec, vocab_size=datamodule.vocab_size, device="meta"))
+    if trainer.is_global_zero:
+        for logger in loggers:
+            logger.log_metrics({"model/params": num_params}, step=0)
     mlflow_logger = next((lg for lg in loggers if lg.__class__.__name__ == "MLFlowLogger"), None)
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
         if trainer.is_global_zero:
             tracking.log_run_context(mlflow_logger, cfg)
-            mlflow_logger.log_metrics({"model/params": num_params}, step=0)
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
     log.info("model %s: %.2fM parameters", spec.name, num_params / 1e6)
