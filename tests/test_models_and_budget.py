@@ -36,12 +36,41 @@ def test_tiny_model_takes_tokenizer_vocab_and_init_std():
     assert abs(std - 0.02) < 0.002
 
 
-def test_flops_per_token_formula():
+def _matmul_flops_per_token_by_hand(d, i, layers, heads, kv_heads, vocab, seq_len):
+    """Training FLOPs per token from the matmul shapes: 2 per multiply-add forward, x3 with the backward."""
+    q = d // heads
+    projections = 2 * d * (heads * q) + 2 * 2 * d * (kv_heads * q) + 2 * (heads * q) * d  # q, k, v, o
+    mlp = 3 * 2 * d * i  # gate, up, down
+    scores_and_values = 2 * (2 * seq_len * heads * q)  # one query row against T keys, then T values
+    forward = layers * (projections + mlp + scores_and_values) + 2 * d * vocab  # + lm_head
+    return 3 * forward
+
+
+def test_flops_per_token_matches_matmul_shapes_counted_by_hand():
+    # Grouped-query attention (2 kv heads) so k/v projections differ from q's.
+    d, i, layers, heads, kv_heads, vocab, seq_len = 32, 64, 2, 4, 2, 100, 16
+    spec = ModelSpec(name="t", hidden_size=d, intermediate_size=i, num_hidden_layers=layers,
+                     num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab)
+    expected = _matmul_flops_per_token_by_hand(d, i, layers, heads, kv_heads, vocab, seq_len)
+    assert flops_per_token(build_llama(spec, device="meta"), seq_len) == expected
+
+
+def test_flops_per_token_matches_torch_flop_counter():
+    """A second, independent count: torch's FlopCounterMode over one forward + backward (eager attention,
+    whose masked scores are full T x T matmuls, i.e. no causal discount - the convention we use)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seq_len, batch = 16, 3
     spec = ModelSpec(name="t", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=100)
-    model = build_llama(spec, device="meta")
-    non_embedding = count_parameters(model) - 100 * 32
-    assert flops_per_token(model, seq_len=16) == 6 * non_embedding + 6 * 2 * 4 * 8 * 16
+                     num_key_value_heads=2, vocab_size=100, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = build_llama(spec)
+    ids = torch.randint(0, 100, (batch, seq_len))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    # The backward of the first matmul also computes its input's gradient (the embedding needs it), so
+    # every matmul counts 3x its forward.
+    assert counter.get_total_flops() / (batch * seq_len) == flops_per_token(model, seq_len)
 
 
 def test_cosine_schedule_paper_values():

@@ -81,12 +81,19 @@ def embedding_parameters(model: torch.nn.Module) -> int:
 
 
 def flops_per_token(model: LlamaForCausalLM, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x non-embedding params + the attention term (torchtitan's convention)."""
+    """Training FLOPs per token, torchtitan's (and PaLM's) convention: 6 N + 12 L H Q T.
+
+    ``N``: the weights of every matmul, the lm_head included; the input embedding (a lookup) and the 1-D
+    norm gains (no matmul; torchtitan counts them, < 0.1% of N) are left out, so the formula is exactly
+    the matmul count. ``12 L H Q T``: per layer, QK^T and (softmax)V each cost 2 T (H Q) FLOPs per token
+    forward, times 3 for forward + backward. No causal discount: like torchtitan, the masked half of the
+    scores counts, so MFU figures compare with theirs.
+    """
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
-    dense = 6 * (count_parameters(model) - embedding_parameters(model))
-    attention = 6 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
-    return float(dense + attention)
+    matmul_weights = sum(p.numel() for p in model.parameters() if p.dim() == 2) - embedding_parameters(model)
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
+    return float(6 * matmul_weights + attention)
 
 
 class _nullcontext:
