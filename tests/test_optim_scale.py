@@ -477,12 +477,10 @@ def test_for_model_gives_the_vector_group_adam_lr_and_yaml_lists_every_option():
         assert (values["lr"], values["adam_lr"], values["momentum"]) == (lr, adam_lr, 0.9)
 
 
-@pytest.mark.slow
-def test_compiled_update_matches_eager():
-    pytest.importorskip("torch._inductor")
+def _run_eager_and_compiled(steps: int = 3):
     start = torch.randn(16, 8)
     weights = [start.clone(), start.clone()]
-    grads = [torch.randn(16, 8) for _ in range(3)]
+    grads = [torch.randn(16, 8) for _ in range(steps)]
     eager = SCALE([{"params": [weights[0]], "role": "hidden"}], lr=0.1, compile=False)
     compiled = SCALE([{"params": [weights[1]], "role": "hidden"}], lr=0.1, compile=True)
     for i, g in enumerate(grads):
@@ -490,4 +488,34 @@ def test_compiled_update_matches_eager():
             w.grad = g.clone()
             optimizer.param_groups[0]["lr"] = 0.1 / (i + 1)  # a changing lr must not recompile or stick
             optimizer.step()
+    return weights, compiled
+
+
+@pytest.mark.slow
+def test_compiled_update_matches_eager():
+    """compile=True really compiles (dynamo traces one graph, no fallback warning) and equals eager."""
+    pytest.importorskip("torch._inductor")
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="SCALE: torch.compile")  # the fallback must not run
+        weights, compiled = _run_eager_and_compiled()
+    assert compiled._compile is True and compiled._compiled_update is not None
+    assert counters["stats"]["unique_graphs"] == 1  # one graph, reused at every step and lr
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    """Users keep training when the compiler is missing or broken: one warning, then the eager path."""
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="SCALE: torch.compile of the update failed .*no C\\+\\+ compiler"):
+        weights, compiled = _run_eager_and_compiled()
+    assert compiled._compile is False
     torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
