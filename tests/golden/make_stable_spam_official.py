@@ -32,11 +32,11 @@ SPIKES = {3, 8}  # 1-based steps whose gradient carries a spike
 SHAPES = {"weight": (6, 5), "bias": (5,)}
 CASES = {
     # the released C4 script's hyperparameters (scripts_BF16/stablespam.sh), with weight decay switched on
-    "script": dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, gamma1=0.85, gamma2=0.99999,
-                   gamma3=0.999, total_T=STEPS, eta_min=0.5, update_proj_gap=5),
+    "script": {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "gamma1": 0.85,
+               "gamma2": 0.99999, "gamma3": 0.999, "total_T": STEPS, "eta_min": 0.5, "update_proj_gap": 5},
     # faster statistics so AdaGN's second moment and AdaClip's threshold move within 12 steps
-    "fast_stats": dict(lr=3e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0, gamma1=0.7, gamma2=0.9,
-                       gamma3=0.5, total_T=STEPS, eta_min=0.3, update_proj_gap=5),
+    "fast_stats": {"lr": 3e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.0, "gamma1": 0.7,
+                   "gamma2": 0.9, "gamma3": 0.5, "total_T": STEPS, "eta_min": 0.3, "update_proj_gap": 5},
 }
 
 
