@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo): optimizers that need the whole matrix (GaLore, Fira, APOLLO, APOLLO-Mini; SCALE's
-row, sign and Newton-Schulz variants) on an FSDP2-sharded tiny LLaMA against the same optimizer on the
+"""Two CPU processes (gloo): optimizers that need the whole matrix or a statistic across its rows (GaLore,
+Fira, APOLLO, APOLLO-Mini; SCALE with each normalisation) on an FSDP2-sharded tiny LLaMA against the same optimizer on the
 unsharded model.
 
 Run by tests/test_optim_whole_matrix_sharded.py as ``python tests/_whole_matrix_sharded_worker.py``; prints
@@ -36,6 +36,7 @@ CASES = {  # label -> (registry name, options)
     "fira": ("fira", LOW_RANK),
     "apollo": ("apollo", LOW_RANK),
     "apollo_mini": ("apollo_mini", {"update_proj_gap": 2, "weight_decay": 0.1}),  # rank 1, one factor
+    "scale/column": ("scale", {**SCALE_HP, "normalization": "column"}),  # the embedding's RMS over the vocab
     "scale/row": ("scale", {**SCALE_HP, "normalization": "row", "momentum_on": "all"}),
     "scale/sign": ("scale", {**SCALE_HP, "normalization": "sign"}),
     "scale/newton_schulz": ("scale", {**SCALE_HP, "normalization": "newton_schulz"}),

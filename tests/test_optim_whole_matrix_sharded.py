@@ -1,10 +1,10 @@
 """Whole-matrix optimizers under FSDP2 (2 CPU processes, gloo): sharded steps equal unsharded ones.
 
 GaLore, Fira, APOLLO and APOLLO-Mini at a rank below both sides of every matrix (4; APOLLO-Mini 1), with a
-projector refresh every 2 steps, and SCALE's row, sign and Newton-Schulz variants, on a tiny LLaMA whose MLP
-(37 rows) and vocabulary (97 rows) split unevenly over 2 ranks; 7 steps. The negative control steps each
-rank's rows as if they were the whole matrix (rank-local projectors, norms and Newton-Schulz) and must be
-far off, except for sign, which has no statistic across rows.
+projector refresh every 2 steps, and SCALE with column (SCALE itself), row, sign and Newton-Schulz
+normalisation, on a tiny LLaMA whose MLP (37 rows) and vocabulary (97 rows) split unevenly over 2 ranks;
+7 steps. The negative control steps each rank's rows as if they were the whole matrix (rank-local
+projectors, RMS and Newton-Schulz) and must be far off, except for sign, which has no statistic across rows.
 
 All cases run in one subprocess (tests/_whole_matrix_sharded_worker.py), never inside pytest's own process.
 """
@@ -22,6 +22,7 @@ import pytest
 WORKER = Path(__file__).resolve().parent / "_whole_matrix_sharded_worker.py"
 TOLERANCE = 1e-5
 LOW_RANK = ("galore", "fira", "apollo", "apollo_mini")
+SCALE = ("scale/column", "scale/row", "scale/sign", "scale/newton_schulz")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def results() -> dict:
 
 @pytest.mark.slow
 def test_every_case_ran_on_uneven_shards(results):
-    assert sorted(results) == sorted([*LOW_RANK, "scale/row", "scale/sign", "scale/newton_schulz"])
+    assert sorted(results) == sorted([*LOW_RANK, *SCALE])
     for case, r in results.items():
         assert r["rows"] == [19, 18], (case, r)  # 37 rows: rank 0 holds one more
         assert r["moved"] > 1e-2, (case, r)  # the weights really moved
@@ -44,7 +45,7 @@ def test_every_case_ran_on_uneven_shards(results):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [*LOW_RANK, "scale/row", "scale/sign", "scale/newton_schulz"])
+@pytest.mark.parametrize("case", [*LOW_RANK, *SCALE])
 def test_sharded_steps_equal_unsharded(results, case):
     r = results[case]
     print(f"{case}: sharded vs unsharded {r['sharded']:.1e}, rank-local control {r['rank_local']:.1e}")
