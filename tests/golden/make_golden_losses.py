@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -100,8 +101,8 @@ def deterministic() -> None:
 def main() -> None:
     deterministic()
     golden = {
-        "made_with": {"command": COMMAND, "torch": torch.__version__, "threads": 1, "dtype": "float32",
-                      "steps": STEPS, "batch": [BATCH, SEQ_LEN]},
+        "made_with": {"command": COMMAND, "torch": torch.__version__, "transformers": transformers.__version__,
+                      "threads": 1, "dtype": "float32", "steps": STEPS, "batch": [BATCH, SEQ_LEN]},
         "overrides": OVERRIDES,
         "losses": {name: golden_losses(name) for name in optimizer_names()},
     }
