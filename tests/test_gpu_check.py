@@ -182,3 +182,25 @@ def test_wheel_check_finds_missing_mismatched_duplicate_and_shadowing_wheels(tmp
     ])
     assert any(p == f"sqlalchemy=={fetch_wheels.PINS['sqlalchemy']} is not in {tmp_path}" for p in problems)
     assert any("over the 0 MiB" in p for p in fetch_wheels.check(tmp_path, "3.12", max_mib=0))
+
+
+def test_overhead_summary_computes_tokens_per_s_overhead_and_mfu_by_hand():
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import training_overhead as bench
+
+    args = argparse.Namespace(steps=10, accumulate=2, micro_batch=4, seq_len=8)  # 640 timed tokens
+    setup = bench.Setup(args, spec=None, device=None, precision="bf16-true", optimizer_factory=None,
+                        init_state={}, batches=[], flops_per_token=2e6, peak_flops=1e12)
+    results = {"plain": [bench.RunResult(0.70, 0.7), bench.RunResult(0.64, 0.6), bench.RunResult(0.60, 0.6)],
+               "ours": [bench.RunResult(0.80, 0.8)]}
+    summary = bench.summarize(setup, results, [("ours", 0.0, 1e-3)])
+    plain, ours = summary["plain"], summary["ours"]
+    assert plain["tokens_per_s"] == pytest.approx(1000.0)  # median of 914.3, 1000, 1066.7
+    assert plain["ms_per_step"] == pytest.approx(64.0) and ours["ms_per_step"] == pytest.approx(80.0)
+    assert ours["tokens_per_s"] == pytest.approx(800.0)
+    assert ours["overhead"] == pytest.approx(0.25)  # plain's 1000 tokens/s over ours' 800, minus one
+    assert ours["extra_ms_per_step"] == pytest.approx(16.0)
+    assert plain["mfu"] == pytest.approx(1000 * 2e6 / 1e12) and ours["mfu"] == pytest.approx(800 * 2e6 / 1e12)
+    assert plain["overhead"] is None and ours["max_abs_dloss_all"] == 1e-3
