@@ -204,3 +204,44 @@ def test_overhead_summary_computes_tokens_per_s_overhead_and_mfu_by_hand():
     assert ours["extra_ms_per_step"] == pytest.approx(16.0)
     assert plain["mfu"] == pytest.approx(1000 * 2e6 / 1e12) and ours["mfu"] == pytest.approx(800 * 2e6 / 1e12)
     assert plain["overhead"] is None and ours["max_abs_dloss_all"] == 1e-3
+
+
+def test_gpu_plan_commands_parse_and_compose(tmp_path, monkeypatch):
+    """The GPU run's own command lines (never executed here: they need CUDA) name flags and config keys
+    that exist, so the one chance on the device is not lost to a typo."""
+    from hydra import compose, initialize_config_dir
+
+    from optsweep.config import register_resolvers
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import optimizer_step
+    import peak_memory
+    import training_overhead
+
+    steps = check.plan(dry=False, work=tmp_path)
+    assert [s.name for s in steps] == [
+        "optimizer_step", "peak_memory", "overhead_llama_60m", "overhead_llama_130m", "train_scale", "train_adamw",
+        "tests", "overhead_llama_60m_compile", "overhead_llama_130m_compile", "peak_memory_others"]
+    parsers = {"training_overhead.py": training_overhead.parse_args, "peak_memory.py": peak_memory.parse_args}
+    for step in steps:
+        assert step.argv is not None and step.limit_s > 0, step.name
+        script = Path(step.argv[1]).name
+        if script in parsers:
+            args = parsers[script](step.argv[2:])
+            assert args.json is not None and args.device == "cuda"
+        elif script == "optimizer_step.py":  # its parser lives in main(): run it up to parsing
+            monkeypatch.setattr(optimizer_step, "benchmark", lambda *a, **k: pytest.fail("parsed, then ran"))
+            monkeypatch.setattr(optimizer_step.torch.cuda, "get_device_name", lambda *a: "GPU")
+            monkeypatch.setattr(optimizer_step.torch, "set_grad_enabled", lambda mode: None)
+            with pytest.raises(pytest.fail.Exception, match="parsed, then ran"):
+                optimizer_step.main(step.argv[2:])
+        elif script == "run.py":
+            register_resolvers()
+            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+                cfg = compose("config", overrides=step.argv[2:])
+            assert cfg.model.name == "llama_60m" and cfg.trainer.precision == "bf16-true"
+            assert cfg.trainer.max_steps == 100 and cfg.data.source == "sample"
+    overhead = training_overhead.parse_args(steps[3].argv[2:])
+    assert (overhead.model, overhead.seq_len, overhead.precision) == ("llama_130m", 256, "bf16-true")
+    assert overhead.variants == ["plain", "ours", "ours+mlflow"] and not overhead.compile
+    assert training_overhead.parse_args(steps[8].argv[2:]).compile
