@@ -40,8 +40,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,7 +149,7 @@ def plan(dry: bool, work: Path) -> list[Step]:
     else:
         run_args = ["model=llama_60m", "data=sample", "trainer=gpu", "trainer.max_steps=100"]
     for optimizer in ("scale", "adamw"):
-        step(f"train_{optimizer}", f"run.py end to end, {optimizer}", 90,
+        step(f"train_{optimizer}", f"run.py end to end, {optimizer}", 120,
              [PYTHON, str(ROOT / "run.py"), f"optimizer={optimizer}", *run_args, "task_name=gpu_check",
               f"paths.data_dir={work / 'data'}"],
              env={"PROJECT_ROOT": str(work / f"train_{optimizer}")})  # its own MLflow store
@@ -358,9 +358,9 @@ def tables(steps: dict[str, Step]) -> str:
         out += [md_table(["model", "compile", "variant", "tokens/s", "ms/step", "overhead", "MFU",
                           "max abs dloss"], rows), ""]
         d = overheads[0].data
-        out += [f"{d['machine']}; {d['precision']}; batch {d['micro_batch']} x {d['seq_len']} x {d['accumulate']} "
-                f"accumulation; {d['steps']} timed steps after {d['warmup']}; optimizer {d['optimizer']}; medians "
-                f"over repeats", ""]
+        out += [(f"{d['machine']}; {d['precision']}; batch {d['micro_batch']} x {d['seq_len']} x "
+                 f"{d['accumulate']} accumulation; {d['steps']} timed steps after {d['warmup']}; optimizer "
+                 f"{d['optimizer']}; medians over repeats"), ""]
     memory = [s for name, s in steps.items() if name.startswith("peak_memory") and isinstance(s.data, dict)]
     if memory:
         out += ["## Peak memory of a training step (peak_memory.py), MB = 1e6 bytes", ""]
@@ -497,8 +497,8 @@ def summary(env_info: dict, steps: list[Step], goal_rows: list[dict], dry: bool,
         f"- date: {started} (UTC)",
         f"- device: {env_info.get('device', 'unknown')}"
         + (f" ({env_info['gpu_memory_gib']:.0f} GiB)" if env_info.get("gpu_memory_gib") else ""),
-        f"- torch {env_info.get('torch', '?')} (CUDA {env_info.get('cuda') or 'none'}), lightning "
-        f"{env_info.get('lightning', '?')}, python {env_info.get('python', '?')}",
+        (f"- torch {env_info.get('torch', '?')} (CUDA {env_info.get('cuda') or 'none'}), lightning "
+         f"{env_info.get('lightning', '?')}, python {env_info.get('python', '?')}"),
         f"- whole check: {total_s:.0f} s", "",
         "## Goals", "",
         md_table(["goal", "target", "measured", "met"],
@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)  # for reading the MLflow stores back
 
-    probe = subprocess.run([PYTHON, "-c", ENVIRONMENT_PROBE], env=env, capture_output=True, text=True, cwd=ROOT)
+    probe = subprocess.run([PYTHON, "-c", ENVIRONMENT_PROBE], env=env, capture_output=True, text=True, cwd=ROOT,
+                           check=False)
     env_info = json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr[-500:]}
     if not args.dry_run and not env_info.get("cuda_available"):
         print("error: torch sees no CUDA device here; run with --dry-run on a CPU", file=sys.stderr)

@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print("closure: every requirement (Python {0}, Linux x86-64) is carried or on the GPU machine".format(
-        args.python_version))
+    print(f"closure: every requirement (Python {args.python_version}, Linux x86-64) is carried or on the GPU machine")
     return 0
 
 
