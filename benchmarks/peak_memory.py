@@ -394,7 +394,8 @@ def render(rows: list[Row], markdown: bool, with_rss: bool, with_lightning: bool
             continue
         cells = [row.optimizer, f"{row.params / MB:.1f}", f"{row.grads / MB:.1f}", f"{row.state / MB:.1f}",
                  f"{row.state / row.params:.2f}", f"{row.analytic / MB:.1f}", f"{row.resident / MB:.1f}",
-                 f"{row.model_optimizer / MB:.1f}", f"{row.step_transient / MB:.1f}", f"{row.peak / MB:.1f}", f"{row.peak / row.analytic:.2f}"]
+                 f"{row.model_optimizer / MB:.1f}", f"{row.step_transient / MB:.1f}", f"{row.peak / MB:.1f}",
+                 f"{row.peak / row.analytic:.2f}"]
         if with_lightning:
             cells += [f"{row.lightning_peak / MB:.1f}", f"{row.lightning_peak / row.peak:.2f}"]
         if with_rss:
