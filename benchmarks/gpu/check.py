@@ -53,7 +53,7 @@ PAPER_SCALE_OVER_ADAM_350M = 0.80 / 2.21
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 ENVIRONMENT_PROBE = """
 import json, platform, torch
-from importlib import metadata
+from importlib import metadata, util
 def version(name):
     try:
         return metadata.version(name)
@@ -67,6 +67,7 @@ print(json.dumps({
     "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
     "packages": {n: version(n) for n in ("transformers", "tokenizers", "hydra-core", "omegaconf",
                                          "mlflow-skinny", "mlflow", "optuna", "torchdata", "sqlalchemy")},
+    "missing": [m for m in ("hydra", "omegaconf", "mlflow", "torchdata", "optuna") if util.find_spec(m) is None],
 }))
 """
 
@@ -549,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     env_info = json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr[-500:]}
     if not args.dry_run and not env_info.get("cuda_available"):
         print("error: torch sees no CUDA device here; run with --dry-run on a CPU", file=sys.stderr)
+        return 2
+    if env_info.get("missing"):
+        print(f"error: {PYTHON} cannot import {', '.join(env_info['missing'])}: fetch the wheels with python "
+              "benchmarks/gpu/fetch_wheels.py and carry .whl/ (or install the project's requirements)",
+              file=sys.stderr)
         return 2
     print(f"environment: {json.dumps(env_info)}", flush=True)
 
