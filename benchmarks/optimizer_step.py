@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import split_parameters, state_bytes
 from optsweep.optim.registry import OPTIMIZERS, build_optimizer
+from optsweep.report.memory import parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -69,9 +70,8 @@ class NaiveSCALE(torch.optim.Optimizer):
 
 
 def model_spec(name: str) -> ModelSpec:
-    fields = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
-    fields.pop("_target_", None)
-    return ModelSpec(**fields)
+    """conf/model/<name>.yaml, or overrides of one: 'llama_tiny,vocab_size=512' (a null vocab: 32000)."""
+    return parse_model(name, ROOT / "conf").spec
 
 
 def candidates(model: torch.nn.Module, device: str, with_compile: bool) -> dict[str, Callable[[], object]]:
@@ -139,7 +139,8 @@ def benchmark(model_name: str, device: str, dtype: torch.dtype, warmup: int, rep
             continue
         try:
             warm = []
-            while len(warm) < warmup and sum(warm) < budget_s:
+            # the first step (state allocation, compilation) does not count against the budget
+            while len(warm) < warmup and sum(warm[1:]) < budget_s:
                 warm.append(timed_step(optimizer, device))
         except Exception as error:  # noqa: BLE001 - one broken optimizer must not hide the others
             notes.append(f"{name}: failed ({type(error).__name__}: {error})")
@@ -194,16 +195,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="interleave the optimizers' timed steps (all states in memory at once)")
     parser.add_argument("--only", nargs="+", default=[], help="these optimizers only (plus their variants)")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"torch {torch.__version__}, {device_name}, {args.dtype}, median of {args.repeats} steps "
           f"after {args.warmup}\n")
+    results = {}
     for model_name in args.models:
         rows, notes = benchmark(model_name, args.device, DTYPES[args.dtype], args.warmup, args.repeats,
                                 args.compile, set(args.only), args.budget, args.round_robin)
         print(render(model_name, rows, notes, args.markdown))
         print()
+        results[model_name] = {"rows": [{"optimizer": n, "step_ms": ms, "state_bytes": b} for n, ms, b in rows],
+                               "notes": notes}
+        if args.json:  # after each model, so a run stopped at a later, bigger model keeps the earlier ones
+            args.json.write_text(json.dumps({"machine": device_name, "torch": torch.__version__,
+                                             "dtype": args.dtype, "device": args.device, "models": results},
+                                            indent=1))
 
 
 if __name__ == "__main__":

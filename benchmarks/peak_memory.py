@@ -13,7 +13,9 @@ tokens. Side by side:
 - step transient: the most ``optimizer.step()`` holds above both what it started and what it ended with,
   i.e. its temporaries (foreach intermediates, SVD or Newton-Schulz workspaces, ...), not the state it
   creates at the first step;
-- peak: the most memory held at any point of the training steps (activations included).
+- peak: the most memory held at any point of the training steps (activations included);
+- model + optimizer: held after the last ``zero_grad`` (weights and state; gradients and activations gone),
+  the figure the paper's memory column reports.
 
 How memory is measured, honestly:
 
@@ -209,6 +211,7 @@ class Row:
     grads: int = 0
     state: int = 0
     resident: int = 0
+    model_optimizer: int = 0  # held after zero_grad: weights + optimizer state, measured
     step_transient: int = 0
     peak: int = 0
     rss_peak: int | None = None
@@ -248,6 +251,7 @@ def train_steps(model, optimizer, batch: dict, args, meter) -> None:
                 optimizer.step()
             meter.mark("after optimizer.step")
             optimizer.zero_grad(set_to_none=True)
+            meter.mark("after zero_grad")
 
 
 def measure(name: str, factory, spec, args, device: torch.device, rss_only: bool = False) -> Row:
@@ -276,6 +280,7 @@ def measure(name: str, factory, spec, args, device: torch.device, rss_only: bool
         row.rss_peak = rss_bytes()[1] - rss_before
     else:
         row.resident = meter.marks["after optimizer.step"]
+        row.model_optimizer = meter.marks["after zero_grad"]
         row.step_transient = meter.transients["optimizer.step"]
         row.peak = meter.peaks["train step"]
     del model, optimizer
@@ -378,7 +383,7 @@ def rss_in_fresh_process(name: str, argv: list[str]) -> Row:
 
 def render(rows: list[Row], markdown: bool, with_rss: bool, with_lightning: bool) -> str:
     header = ["optimizer", "params MB", "grads MB", "state MB", "state/params", "analytic MB (w+g+s)",
-              "resident MB", "step transient MB", "peak MB", "peak/analytic"]
+              "resident MB", "model+opt MB", "step transient MB", "peak MB", "peak/analytic"]
     if with_lightning:
         header += ["Lightning peak MB", "Lightning/plain"]
     if with_rss:
@@ -389,7 +394,8 @@ def render(rows: list[Row], markdown: bool, with_rss: bool, with_lightning: bool
             continue
         cells = [row.optimizer, f"{row.params / MB:.1f}", f"{row.grads / MB:.1f}", f"{row.state / MB:.1f}",
                  f"{row.state / row.params:.2f}", f"{row.analytic / MB:.1f}", f"{row.resident / MB:.1f}",
-                 f"{row.step_transient / MB:.1f}", f"{row.peak / MB:.1f}", f"{row.peak / row.analytic:.2f}"]
+                 f"{row.model_optimizer / MB:.1f}", f"{row.step_transient / MB:.1f}", f"{row.peak / MB:.1f}",
+                 f"{row.peak / row.analytic:.2f}"]
         if with_lightning:
             cells += [f"{row.lightning_peak / MB:.1f}", f"{row.lightning_peak / row.peak:.2f}"]
         if with_rss:
@@ -450,6 +456,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)  # one --rss process
     return parser.parse_args(argv)
 
@@ -495,13 +502,20 @@ def main(argv=None) -> None:
     print(render(rows, args.markdown, with_rss=args.rss, with_lightning=args.lightning))
     print()
     print("  analytic = weights + grads + optimizer state (state_bytes of the real optimizer after the steps); "
-          "resident = held after the last optimizer.step(), before zero_grad")
+          "resident = held after the last optimizer.step(), before zero_grad; model+opt = held after zero_grad")
     print("  step transient = most optimizer.step() held above both its start and its end (temporaries); "
           "peak = most held during a training step (activations included), above what was held before the "
           "model was built")
     if args.lightning:
         print("  Lightning peak: the same steps through LlamaLitModule + Trainer (SpeedMonitor, DivergenceGuard, no "
               "logger); Lightning zeroes gradients after the next forward, not after the step")
+    if args.json:
+        info = describe(args, choice, device).splitlines()
+        args.json.write_text(json.dumps({
+            "machine": info[0].removeprefix("machine: "), "model": choice.spec.name, "dtype": args.dtype,
+            "device": device.type, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
+            "rows": [{**asdict(row), "analytic": row.analytic} for row in rows],
+        }, indent=1))
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:

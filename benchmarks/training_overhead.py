@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -50,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from optsweep.models.llama import ModelSpec, build_llama, count_parameters, flops_per_token
 from optsweep.optim.schedules import WarmupCosine
 from optsweep.report.memory import ConfigComposer, optimizer_setup, parse_model
-from optsweep.training.callbacks import DivergenceGuard, SpeedMonitor, StepProgressBar
+from optsweep.training.callbacks import DivergenceGuard, SpeedMonitor, StepProgressBar, detect_peak_flops
 from optsweep.training.module import LlamaLitModule
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -76,6 +77,8 @@ class Setup:
     optimizer_factory: Callable[..., torch.optim.Optimizer]
     init_state: dict
     batches: list[dict]
+    flops_per_token: float
+    peak_flops: float | None  # the device's dense peak FLOP/s, for MFU; None on CPU or an unknown GPU
 
     @property
     def total_steps(self) -> int:
@@ -303,7 +306,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch CPU threads (default: 1 on CPU, where a shared machine makes more threads "
                              "spin; torch's default on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="the device's dense peak FLOP/s for the MFU column (default: the H100/H200/A100 "
+                             "figure a run uses; none on CPU)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -328,7 +335,9 @@ def build_setup(args: argparse.Namespace) -> Setup:
     count = (args.warmup + args.steps + 1) * args.accumulate
     batches = make_batches(count, args.micro_batch, args.seq_len, spec.vocab_size, not args.no_padding,
                            args.seed + 1)
-    return Setup(args, spec, device, precision, optimizer.factory, init_state, batches)
+    flops = flops_per_token(build_llama(spec, device="meta"), args.seq_len)
+    peak = args.peak_flops or (detect_peak_flops() if device.type == "cuda" else None)
+    return Setup(args, spec, device, precision, optimizer.factory, init_state, batches, flops, peak)
 
 
 def quiet_libraries() -> None:
@@ -355,36 +364,61 @@ def loss_agreement(setup: Setup, results: dict[str, list[RunResult]]) -> list[tu
     return rows
 
 
-def render(setup: Setup, results: dict[str, list[RunResult]], agreement, markdown: bool) -> str:
+def summarize(setup: Setup, results: dict[str, list[RunResult]], agreement) -> dict[str, dict]:
+    """Per variant: median tokens/s and step time, their spread, the overhead against plain, MFU (where the
+    device's peak is known; nominal tokens, padding included, as a run's SpeedMonitor counts them) and the
+    loss agreement with plain."""
     a = setup.args
     tokens = setup.timed_tokens
-    on_cpu = setup.device.type == "cpu"
+    agree = {v: (f, w) for v, f, w in agreement}
 
     def median_rate(runs, attr):
         return statistics.median(tokens / getattr(r, attr) for r in runs)
 
     plain = results["plain"]
+    plain_ms = 1e3 * statistics.median(r.seconds for r in plain) / a.steps
+    summary = {}
+    for variant, runs in results.items():
+        compared = variant != "plain"
+        rates = [tokens / r.seconds for r in runs]
+        rate = median_rate(runs, "seconds")
+        ms = 1e3 * statistics.median(r.seconds for r in runs) / a.steps
+        first, whole = agree.get(variant, (None, None))
+        summary[variant] = {
+            "tokens_per_s": rate, "tokens_per_s_min": min(rates), "tokens_per_s_max": max(rates),
+            "ms_per_step": ms,
+            "overhead": median_rate(plain, "seconds") / rate - 1 if compared else None,
+            "extra_ms_per_step": ms - plain_ms if compared else None,
+            "cpu_ms_per_step": 1e3 * statistics.median(r.cpu_seconds for r in runs) / a.steps,
+            "overhead_cpu_time": (median_rate(plain, "cpu_seconds") / median_rate(runs, "cpu_seconds") - 1
+                                  if compared else None),
+            "mfu": rate * setup.flops_per_token / setup.peak_flops if setup.peak_flops else None,
+            "max_abs_dloss_first": first, "max_abs_dloss_all": whole,
+        }
+    return summary
+
+
+def render(setup: Setup, summary: dict[str, dict], markdown: bool) -> str:
+    a = setup.args
+    on_cpu = setup.device.type == "cpu"
     header = ["variant", "tokens/s", "min..max", "ms/step", "overhead", "+ms/step"]
+    if setup.peak_flops:
+        header.append("MFU")
     if on_cpu:
         header += ["CPU ms/step", "overhead (CPU time)"]
     header.append(f"max abs dloss, first {a.check_steps} steps / all")
-    agree = {v: (f, w) for v, f, w in agreement}
     rows = []
-    for variant, runs in results.items():
-        rates = [tokens / r.seconds for r in runs]
-        ms = 1e3 * statistics.median(r.seconds for r in runs) / a.steps
+    for variant, s in summary.items():
         compared = variant != "plain"
-        row = [variant, f"{median_rate(runs, 'seconds'):,.0f}", f"{min(rates):,.0f}..{max(rates):,.0f}",
-               f"{ms:.1f}"]
-        plain_ms = 1e3 * statistics.median(r.seconds for r in plain) / a.steps
-        row += [f"{100 * (median_rate(plain, 'seconds') / median_rate(runs, 'seconds') - 1):+.1f}%" if compared else "-",
-                f"{ms - plain_ms:+.1f}" if compared else "-"]
+        row = [variant, f"{s['tokens_per_s']:,.0f}", f"{s['tokens_per_s_min']:,.0f}..{s['tokens_per_s_max']:,.0f}",
+               f"{s['ms_per_step']:.1f}",
+               f"{100 * s['overhead']:+.1f}%" if compared else "-",
+               f"{s['extra_ms_per_step']:+.1f}" if compared else "-"]
+        if setup.peak_flops:
+            row.append(f"{100 * s['mfu']:.1f}%")
         if on_cpu:
-            cpu_ms = 1e3 * statistics.median(r.cpu_seconds for r in runs) / a.steps
-            overhead = median_rate(plain, "cpu_seconds") / median_rate(runs, "cpu_seconds") - 1
-            row += [f"{cpu_ms:.1f}", f"{100 * overhead:+.1f}%" if compared else "-"]
-        first, whole = agree.get(variant, (None, None))
-        row.append(f"{first:.1e} / {whole:.1e}" if compared else "-")
+            row += [f"{s['cpu_ms_per_step']:.1f}", f"{100 * s['overhead_cpu_time']:+.1f}%" if compared else "-"]
+        row.append(f"{s['max_abs_dloss_first']:.1e} / {s['max_abs_dloss_all']:.1e}" if compared else "-")
         rows.append(row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -441,16 +475,29 @@ def main(argv=None) -> None:
                 print(f"  repeat {repeat + 1}/{args.repeats} {variant:<12} "
                       f"{setup.timed_tokens / result.seconds:>12,.0f} tokens/s", file=sys.stderr, flush=True)
     agreement = loss_agreement(setup, results)
+    summary = summarize(setup, results, agreement)
     print()
-    print(render(setup, results, agreement, args.markdown))
+    print(render(setup, summary, args.markdown))
     print()
     for variant in args.variants:
         print(f"  {variant:<12} {VARIANTS[variant]}")
     print("  overhead = plain's tokens/s / the variant's - 1 (medians over repeats); +ms/step = median step time "
           "- plain's")
+    if setup.peak_flops:
+        print(f"  MFU = tokens/s x {setup.flops_per_token / 1e6:.1f} MFLOP/token / {setup.peak_flops:.3g} FLOP/s "
+              "(the device's dense bf16 peak)")
     if setup.device.type == "cpu":
         print("  CPU time: this process's CPU seconds over the timed steps (1 thread, no loader workers), which a "
               "busy machine inflates less than the wall clock")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": describe(setup).splitlines()[0].removeprefix("machine: "),
+            "model": setup.spec.name, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
+            "accumulate": args.accumulate, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+            "precision": setup.precision, "compile": args.compile, "optimizer": args.optimizer,
+            "device": setup.device.type, "flops_per_token": setup.flops_per_token, "peak_flops": setup.peak_flops,
+            "variants": summary,
+        }, indent=1))
 
 
 if __name__ == "__main__":
