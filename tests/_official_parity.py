@@ -109,3 +109,13 @@ def resume_is_exact(name: str, **hyperparameters) -> float:
     resumed_optimizer.load_state_dict(saved["optimizer"])
     train(resumed, resumed_optimizer, range(3, 6))
     return max((p - q).abs().max().item() for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+def llama_60m_counts() -> dict[str, int]:
+    """By hand from conf/model/llama_60m.yaml's shapes (hidden 512, MLP 1376, 8 layers, vocabulary 32000):
+    the number of weights, and rows + columns of every matrix plus every vector's length (Adafactor's state)."""
+    h, mlp, layers, vocab = 512, 1376, 8, 32000
+    matrices = [(vocab, h), (vocab, h)] + layers * ([(h, h)] * 4 + [(mlp, h), (mlp, h), (h, mlp)])
+    vectors = [h] * (2 * layers + 1)  # two RMSNorms per layer and the final one
+    return {"weights": sum(r * c for r, c in matrices) + sum(vectors),
+            "factored": sum(r + c for r, c in matrices) + sum(vectors)}

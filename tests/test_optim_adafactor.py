@@ -90,3 +90,14 @@ def test_closure_bf16_and_exact_resume():
     assert max((p - q).abs().max().item() for p, q in zip(model.parameters(), before)) > 0
 
     assert resume_is_exact("adafactor", weight_decay=0.1) == 0.0
+
+
+def test_memory_report_counts_rows_plus_columns_per_matrix():
+    from _official_parity import llama_60m_counts
+
+    from optsweep.report.memory import memory_rows
+
+    (row,) = memory_rows(["adafactor"], ["llama_60m"])
+    counts = llama_60m_counts()
+    assert row.state_elements == counts["factored"]  # measured on the meta device
+    assert abs(row.rule_gb - (counts["weights"] + counts["factored"]) * 2 / 1e9) < 1e-12

@@ -57,3 +57,14 @@ def test_closure_bf16_exact_resume_and_no_fast_ema_at_beta1_zero():
     optimizer = build_optimizer(model, "ademamix", betas=(0.0, 0.999, 0.9999))
     train(model, optimizer, range(1))
     assert all(set(s) == {"step", "exp_avg_slow", "exp_avg_sq"} for s in optimizer.state.values())
+
+
+def test_memory_report_counts_three_buffers_per_weight():
+    from _official_parity import llama_60m_counts
+
+    from optsweep.report.memory import memory_rows
+
+    (row,) = memory_rows(["ademamix"], ["llama_60m"])
+    counts = llama_60m_counts()
+    assert row.state_elements == 3 * counts["weights"]  # m1, m2, nu, measured on the meta device
+    assert row.rule_gb == pytest.approx(4 * counts["weights"] * 2 / 1e9)

@@ -48,3 +48,14 @@ def test_closure_bf16_and_exact_resume():
     assert max((p - q).abs().max().item() for p, q in zip(model.parameters(), before)) > 0
 
     assert resume_is_exact("lion", lr=1e-3, weight_decay=0.1) == 0.0
+
+
+def test_memory_report_counts_one_buffer_per_weight():
+    from _official_parity import llama_60m_counts
+
+    from optsweep.report.memory import memory_rows
+
+    (row,) = memory_rows(["lion"], ["llama_60m"])
+    counts = llama_60m_counts()
+    assert row.state_elements == counts["weights"]  # measured on the meta device
+    assert row.rule_gb == pytest.approx(2 * counts["weights"] * 2 / 1e9)  # weights + one buffer, 2 bytes each
