@@ -16,7 +16,7 @@ from optsweep.optim.registry import build_optimizer
 
 def test_matches_the_reference_adafactor_over_12_steps():
     # transformers' relative_step=True, scale_parameter=True is rho_t = min(1e-2, 1/sqrt(t)): our lr 1e-2
-    diffs = parity("adafactor", lr=1e-2, eps=(1e-30, 1e-3), d=1.0, beta2_decay=-0.8)
+    diffs = parity("adafactor", lr=1e-2, eps1=1e-30, eps2=1e-3, d=1.0, beta2_decay=-0.8)
     print("adafactor vs reference:", diffs)
     assert diffs["moved"] > 1e-3
     assert diffs["loss"] <= 1e-6
@@ -70,7 +70,7 @@ def test_rows_without_gradient_stay_finite_where_torch_adafactor_gives_nan():
         optimizer.step()
         return embedding.weight.detach()
 
-    ours = embedding_step(lambda params: Adafactor(params, eps=(1e-30, 1e-3)))
+    ours = embedding_step(lambda params: Adafactor(params, eps1=1e-30, eps2=1e-3))
     theirs = embedding_step(lambda params: torch.optim.Adafactor(params, eps=(1e-30, 1e-3)))
     assert torch.isfinite(ours).all()
     assert torch.isnan(theirs).any()

@@ -26,7 +26,6 @@ are replicated, not sharded) and each rank keeps its own rows; RMS(X) is an all-
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +77,8 @@ class Adafactor(torch.optim.Optimizer):
         params,
         lr: float = 1e-2,
         beta2_decay: float = -0.8,
-        eps: Sequence[float] = (1e-30, 1e-3),
+        eps1: float = 1e-30,
+        eps2: float = 1e-3,
         d: float = 1.0,
         weight_decay: float = 0.0,
     ) -> None:
@@ -86,13 +86,13 @@ class Adafactor(torch.optim.Optimizer):
             raise ValueError(f"invalid learning rate {lr}")
         if beta2_decay > 0.0:
             raise ValueError(f"beta2_decay must be <= 0 (beta2_t = 1 - t^beta2_decay), got {beta2_decay}")
-        if len(eps) != 2 or not all(e >= 0.0 for e in eps):
-            raise ValueError(f"eps must be two numbers >= 0 (eps1, eps2), got {tuple(eps)}")
+        if eps1 < 0.0 or eps2 < 0.0:
+            raise ValueError(f"eps1 and eps2 must be >= 0, got {eps1} and {eps2}")
         if d < 1.0:
             raise ValueError(f"the clipping threshold d must be >= 1, got {d}")
         if weight_decay < 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": tuple(eps), "d": d, "weight_decay": weight_decay}
+        defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps1, "eps2": eps2, "d": d, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
     @classmethod
@@ -101,12 +101,13 @@ class Adafactor(torch.optim.Optimizer):
         model: nn.Module,
         lr: float = 1e-2,
         beta2_decay: float = -0.8,
-        eps: Sequence[float] = (1e-30, 1e-3),
+        eps1: float = 1e-30,
+        eps2: float = 1e-3,
         d: float = 1.0,
         weight_decay: float = 0.0,
     ) -> Adafactor:
         # The authors factor every matrix and train every weight with Adafactor: roles only label the groups.
-        return cls(role_groups(split_parameters(model)), lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+        return cls(role_groups(split_parameters(model)), lr=lr, beta2_decay=beta2_decay, eps1=eps1, eps2=eps2, d=d,
                    weight_decay=weight_decay)
 
     @torch.no_grad()
@@ -134,7 +135,7 @@ class Adafactor(torch.optim.Optimizer):
         state["step"] += 1
         t = state["step"]
         lr = group["lr"]
-        eps1, eps2 = group["eps"]
+        eps1, eps2 = group["eps1"], group["eps2"]
         param = sharding.local(p)
         # alpha_t = max(eps2, RMS(X_{t-1})) rho_t, a 0-d tensor: no sync with the device
         precise = param.to(torch.promote_types(param.dtype, torch.float32))

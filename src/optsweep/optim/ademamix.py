@@ -86,7 +86,8 @@ class AdEMAMix(torch.optim.Optimizer):
         self,
         params,
         lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999, 0.9999),
+        betas: Sequence[float] = (0.9, 0.999),
+        beta3: float = 0.9999,
         alpha: float = 8.0,
         beta3_warmup: int | None = None,
         alpha_warmup: int | None = None,
@@ -95,8 +96,8 @@ class AdEMAMix(torch.optim.Optimizer):
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}")
-        if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be three numbers in [0, 1) (beta1, beta2, beta3), got {tuple(betas)}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in (*betas, beta3)):
+            raise ValueError(f"betas (beta1, beta2) and beta3 must lie in [0, 1), got {tuple(betas)} and {beta3}")
         if alpha < 0.0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         for name, value in (("beta3_warmup", beta3_warmup), ("alpha_warmup", alpha_warmup)):
@@ -104,7 +105,7 @@ class AdEMAMix(torch.optim.Optimizer):
                 raise ValueError(f"{name} must be a step count >= 0 or None, got {value}")
         if eps < 0.0 or weight_decay < 0.0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
-        defaults = {"lr": lr, "betas": tuple(betas), "alpha": alpha, "beta3_warmup": beta3_warmup,
+        defaults = {"lr": lr, "betas": tuple(betas), "beta3": beta3, "alpha": alpha, "beta3_warmup": beta3_warmup,
                     "alpha_warmup": alpha_warmup, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
@@ -113,14 +114,15 @@ class AdEMAMix(torch.optim.Optimizer):
         cls,
         model: nn.Module,
         lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999, 0.9999),
+        betas: Sequence[float] = (0.9, 0.999),
+        beta3: float = 0.9999,
         alpha: float = 8.0,
         beta3_warmup: int | None = None,
         alpha_warmup: int | None = None,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> AdEMAMix:
-        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, alpha=alpha,
+        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, beta3=beta3, alpha=alpha,
                    beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup, eps=eps, weight_decay=weight_decay)
 
     @torch.no_grad()
@@ -130,7 +132,7 @@ class AdEMAMix(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2, beta3_final = group["betas"]
+            beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -148,7 +150,7 @@ class AdEMAMix(torch.optim.Optimizer):
                     sharding.local(p.grad), None if fast is None else sharding.local(fast),
                     sharding.local(state["exp_avg_slow"]), sharding.local(state["exp_avg_sq"]), t,
                     beta1=beta1, beta2=beta2,
-                    beta3=beta3_schedule(t, beta3_final, beta1, group["beta3_warmup"]),
+                    beta3=beta3_schedule(t, group["beta3"], beta1, group["beta3_warmup"]),
                     alpha=alpha_schedule(t, group["alpha"], group["alpha_warmup"]), eps=group["eps"],
                 )
                 param = sharding.local(p)
