@@ -57,13 +57,15 @@ def adafactor_direction(
 
     (Means instead of the paper's sums: the same V_hat, and no overflow for large matrices.)
     """
-    squared = grad.square().add_(eps1)
+    # mean(G^2 + eps1) as a squared norm / size + eps1: no temporary the size of G
     if row is not None and col is not None:
-        row.mul_(beta2).add_(squared.mean(dim=-1, keepdim=True), alpha=1 - beta2)
-        col.mul_(beta2).add_(squared.mean(dim=-2, keepdim=True), alpha=1 - beta2)
+        row_mean = torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)).add_(eps1)
+        col_mean = torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)).add_(eps1)
+        row.mul_(beta2).add_(row_mean, alpha=1 - beta2)
+        col.mul_(beta2).add_(col_mean, alpha=1 - beta2)
         update = (row / row.mean(dim=-2, keepdim=True)).rsqrt_() * col.rsqrt()
     else:
-        second_moment.mul_(beta2).add_(squared, alpha=1 - beta2)
+        second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).add_((1 - beta2) * eps1)
         update = second_moment.rsqrt()
     update.mul_(grad)
     return update.div_((_rms(update) / d).clamp_(min=1.0))
@@ -145,4 +147,4 @@ class Adafactor(torch.optim.Optimizer):
                                         beta2=1.0 - t ** group["beta2_decay"], eps1=eps1, d=group["d"])
         if group["weight_decay"]:
             param.mul_(1.0 - lr * group["weight_decay"])
-        param.sub_(sharding.keep_local(direction, p) * alpha.to(param.dtype))
+        param.sub_(sharding.keep_local(direction.mul_(alpha.to(direction.dtype)), p))

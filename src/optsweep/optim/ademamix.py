@@ -75,8 +75,9 @@ def ademamix_direction(
         fast = m1.mul_(beta1).add_(grad, alpha=1 - beta1)
     m2.mul_(beta3).add_(grad, alpha=1 - beta3)
     nu.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (nu.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-    return (fast.div(1 - beta1**step) + alpha * m2) / denom
+    # two temporaries the size of the weight (the numerator and the denominator), none more
+    denom = nu.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
+    return fast.div(1 - beta1**step).add_(m2, alpha=alpha).div_(denom)
 
 
 class AdEMAMix(torch.optim.Optimizer):

@@ -27,7 +27,7 @@ def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Te
         u_t = sign(c_t)
         m_t = beta2 m_{t-1} + (1 - beta2) g_t
     """
-    update = (exp_avg * beta1 + grad * (1 - beta1)).sign_()
+    update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()  # one temporary, the size of the weight
     exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
     return update
 
