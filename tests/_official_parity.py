@@ -77,7 +77,7 @@ def train(model, optimizer, steps, closure: bool = False) -> list[float]:
     for step in steps:
         x = batch(step, 97)
 
-        def loss_fn():
+        def loss_fn(x=x):
             optimizer.zero_grad()
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
