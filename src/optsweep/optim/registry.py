@@ -27,6 +27,9 @@ OPTIMIZERS: dict[str, str] = {
     "swan": "optsweep.optim.swan:SWAN",
     "apollo": "optsweep.optim.apollo:APOLLO",
     "apollo_mini": "optsweep.optim.apollo:APOLLOMini",
+    "adafactor": "optsweep.optim.adafactor:Adafactor",
+    "lion": "optsweep.optim.lion:Lion",
+    "ademamix": "optsweep.optim.ademamix:AdEMAMix",
 }
 
 

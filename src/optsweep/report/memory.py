@@ -420,7 +420,8 @@ def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
 
 
 def paper_rule_elements(name: str, split: ParamSplit, hparams: dict) -> int | None:
-    """Optimizer-state elements as the paper counts them (docs/paper-facts.md); None where it has no rule."""
+    """Optimizer-state elements as the paper counts them (docs/paper-facts.md), and for the methods it does not
+    compare, the state their definition keeps; None where there is no rule."""
     everything = sum(split.numel(role) for role in ("hidden", "embedding", "output", "vector"))
     outside_hidden = split.numel("embedding") + split.numel("output") + split.numel("vector")
     if name in ("adam", "adamw", "stable_spam"):
@@ -441,6 +442,14 @@ def paper_rule_elements(name: str, split: ParamSplit, hparams: dict) -> int | No
         return split.numel("output") + 2 * split.numel("vector")
     if name == "sgd":
         return everything if hparams.get("momentum") else 0
+    if name == "lion":  # one momentum buffer
+        return everything
+    if name == "ademamix":  # fast EMA (none when beta1 = 0), slow EMA, second moment
+        betas = hparams.get("betas") or (0.9,)
+        return (3 if betas[0] else 2) * everything
+    if name == "adafactor":  # a row and a column factor per matrix (over its last two dims), vectors whole
+        return sum(p.shape[:-2].numel() * (p.shape[-2] + p.shape[-1]) if p.ndim > 1 else p.numel()
+                   for role in ("hidden", "embedding", "output", "vector") for p in split.of(role))
     return None
 
 
@@ -620,7 +629,8 @@ def _precise(value: float | None) -> str:
 
 HEADER = (
     "Model + optimizer memory, GB = 1e9 bytes, every weight and state element at 2 bytes (bf16, as the "
-    "paper counts); scalar step counters not counted. 'paper rule': the paper's accounting applied to "
+    "paper counts); scalar step counters not counted. 'paper rule': the paper's accounting (for methods "
+    "outside the paper, the state their definition keeps) applied to "
     "this model's parameter split and the run's hyperparameters. 'measured': weights + the state tensors "
     "the optimizer holds after one step on the meta device (built from conf/ as training builds it; one "
     "decoder layer stepped, standing for each, unless --full-depth). "

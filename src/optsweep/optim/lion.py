@@ -1,0 +1,81 @@
+"""Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675), on every weight.
+
+Source of truth: the authors' PyTorch optimizer, github google/automl ``lion/lion_pytorch.py`` (Apache-2.0);
+tests/test_optim_lion.py checks this file against per-step losses and weights that code produced
+(tests/golden/lion_official.json). The code here is the project's own.
+
+The authors train every parameter with Lion (no AdamW part), so ``for_model`` groups parameters by role only
+for logs; every role gets the same hyperparameters. State: one momentum buffer per parameter, half of
+AdamW's. The update is element-wise, so under FSDP2 each rank steps its own shard as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from optsweep.optim import sharding
+from optsweep.optim.groups import role_groups, split_parameters
+
+
+def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Tensor:
+    """The paper's Algorithm 2 (without the weight decay): returns the update, moves the momentum in place.
+
+        c_t = beta1 m_{t-1} + (1 - beta1) g_t
+        u_t = sign(c_t)
+        m_t = beta2 m_{t-1} + (1 - beta2) g_t
+    """
+    update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()  # one temporary, the size of the weight
+    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+    return update
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion: ``p <- p (1 - lr wd) - lr sign(beta1 m + (1 - beta1) g)``, then ``m <- lerp(m, g, 1 - beta2)``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+    ) -> Lion:
+        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                param = sharding.local(p)
+                param.mul_(1 - lr * group["weight_decay"])
+                update = lion_update(sharding.local(p.grad), sharding.local(state["exp_avg"]), beta1, beta2)
+                param.add_(update, alpha=-lr)
+        return loss
