@@ -227,7 +227,7 @@ class Curve:
 
 
 def loss_curves_plot(curves: Sequence[Curve], path: Path, x_label: str, title: str) -> Path:
-    """Per model two panels: the whole curve from the first evaluation (log loss axis, nothing clipped), and
+    """Per model two panels: the whole curve from the first evaluation (nothing clipped), and
     the second half of training on a linear axis, where the methods separate."""
     colours = colours_for([c.method for c in curves])
     models = list(dict.fromkeys(c.model for c in curves))
@@ -247,8 +247,8 @@ def loss_curves_plot(curves: Sequence[Curve], path: Path, x_label: str, title: s
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _count(value)))
             ax.set_xlabel(x_label)
             ax.grid(True, alpha=0.3, which="both")
-        whole.set_yscale("log")
-        whole.set_ylabel("validation loss (nats per token), log scale")
+
+        whole.set_ylabel("validation loss (nats per token)")
         whole.set_title(f"{model}: the whole run", fontsize=10)
         half = [(x, y) for c in shown for x, y, lo, hi in _points(c) for y in (lo, hi) if x >= end / 2]
         late.set_xlim(end / 2, end * 1.01)
