@@ -128,6 +128,9 @@ def pareto_plot(points: Sequence[ParetoPoint], path: Path, ppl_label: str, title
         # always log: a ratio of perplexities reads the same anywhere, and one untuned run (plain SGD) does
         # not flatten the others; the scale never switches between reports
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 300, not 3 x 10^2
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.set_ylabel(ppl_label + ", log scale")
         ax.set_title(model, fontsize=10)
         ax.grid(True, alpha=0.3, which="both")
