@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from optsweep import metric_names as names
 from optsweep.report import cells as cells_module
 from optsweep.report import queries, tables
-from optsweep.report.queries import DEFAULT_STATUSES, NoRunsError, RunRecord  # noqa: F401 - re-exported
+from optsweep.report.queries import DEFAULT_STATUSES, NoRunsError, RunRecord
 
 SUMMARY_TAG = queries.SUMMARY_TAG
 
@@ -214,35 +213,36 @@ def _markdown(title, tracking_uri, experiments_seen, tags, models, optimizers, s
         + (f"; models {', '.join(models)}" if models else "") + (f"; methods {', '.join(optimizers)}" if optimizers else "")
         + f"; runs {statuses_text} (diverged runs counted as such)",
         "- a cell is the runs that differ only in their seed; per method x model: " + rule,
-        f"- interval: {confidence:.0%} t-interval of the mean final val loss over the cell's seeds, mean ± "
+        (f"- interval: {confidence:.0%} t-interval of the mean final val loss over the cell's seeds, mean ± "
         "t(n−1)·s/√n; 'interval from' says which seeds (a sweep's winner: its replicate seeds, not the trial "
-        "that won)",
+        "that won)"),
         f"- written {dt.datetime.now().isoformat(timespec='seconds')}", "",
         "## Final validation loss per method", "", tables.cells_markdown(summaries, confidence), "",
     ]
     if pairs:
         lines += [f"## Against {baseline}", "",
-                  f"Welch's t-test per pair on the seeds' final losses, Holm-corrected over the {len(pairs)} "
-                  f"pair(s) at α = {alpha:g}; not significant after correction is a tie.", "",
+                  (f"Welch's t-test per pair on the seeds' final losses, Holm-corrected over the {len(pairs)} "
+                  f"pair(s) at α = {alpha:g}; not significant after correction is a tie."), "",
                   tables.pairwise_markdown(pairs), ""]
     if to_target:
         lines += ["## Speed to a target loss", "",
                   f"Target: {target_source}. The val-loss curve is interpolated linearly between evaluations to "
-                  "its first crossing; on the seeds' mean curve ('—': it never reaches the target; 'seeds reaching it' counts each seed's own curve); FLOPs = 6 × "
-                  "parameters × tokens; seconds from the first evaluation."
+                  "its first crossing, on the seeds' mean curve ('—': it never reaches the target; 'seeds "
+                  "reaching it' counts each seed's own curve); FLOPs = 6 × parameters × tokens; seconds from the "
+                  "first evaluation."
                   + (f" Speedup = {baseline}'s tokens / the method's tokens." if baseline else ""), "",
                   tables.target_markdown(to_target), ""]
     lines += ["## Learning-rate sensitivity", "",
-              f"Every finished or diverged run; per lr the best configuration's mean loss. Robustness: the width "
-              f"in decades of the contiguous lr range around the best whose loss is within {tolerance:.0%} of it.",
+              (f"Every finished or diverged run; per lr the best configuration's mean loss. Robustness: the width "
+              f"in decades of the contiguous lr range around the best whose loss is within {tolerance:.0%} of it."),
               "", tables.sensitivity_markdown(sensitivity), "",
               "## Tuning budget", "",
-              "Expected best final loss after k trials drawn without replacement from each method's trials "
-              "(exact order statistics; a diverged trial counts as +inf; replicates are not trials).", "",
+              ("Expected best final loss after k trials drawn without replacement from each method's trials "
+              "(exact order statistics; a diverged trial counts as +inf; replicates are not trials)."), "",
               tables.budget_markdown(budget), "",
               "## Fairness", "",
-              "Equal budgets and the lr range searched; a best lr on the edge of the range means the optimum "
-              "may lie outside it.", "", tables.fairness_markdown(fairness), ""]
+              ("Equal budgets and the lr range searched; a best lr on the edge of the range means the optimum "
+              "may lie outside it."), "", tables.fairness_markdown(fairness), ""]
     for path in plot_files:
         lines += [f"![{path.stem}]({path.name})", ""]
     if notes:

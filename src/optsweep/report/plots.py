@@ -363,7 +363,7 @@ def write_figures(summaries, sensitivity, out: Path, ppl: str, title: str) -> tu
             continue
         # the seeds' common evaluation steps (the same schedule: the same steps)
         steps = sorted(set.intersection(*({st for st, _, _ in r.history[names.VAL_LOSS]} for r in runs)))
-        values = np.array([[dict((st, v) for st, v, _ in r.history[names.VAL_LOSS])[st] for st in steps]
+        values = np.array([[{st: v for st, v, _ in r.history[names.VAL_LOSS]}[st] for st in steps]
                            for r in runs])
         if all(r.history.get(names.TOKENS) for r in runs):
             x = tokens_at(steps, runs[0].history[names.TOKENS])
