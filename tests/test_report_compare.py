@@ -170,7 +170,7 @@ def test_replicates_give_the_interval_not_the_winning_trial(tmp_path):
     for seed, final in zip((43, 44, 45), (2.4, 2.5, 2.6)):
         _log_run(client, eid, "adamw", seed=seed, final=final, lr=1e-3,
                  tags={**child, "optsweep.replicate": "true", "optsweep.replicate_of": "0"})
-    report = compare.build_report(tracking_uri=uri, out=tmp_path / "out")
+    report = compare.build_report(tracking_uri=uri, out=tmp_path / "out", plots=False)
     (row,) = _csv(tmp_path / "out" / "cells.csv")
     assert row["n_seeds"] == "3" and row["seeds"] == "43 44 45"
     assert float(row["val_loss_mean"]) == pytest.approx(2.5)
@@ -181,7 +181,7 @@ def test_replicates_give_the_interval_not_the_winning_trial(tmp_path):
     assert metrics["report/adamw/llama_tiny/val_loss_mean"] == pytest.approx(2.5)
     assert metrics["report/adamw/llama_tiny/n_seeds"] == 3
     assert {a.path for a in client.list_artifacts(parent, f"report/{(tmp_path / 'out').name}")} >= {
-        f"report/out/{n}" for n in ("report.md", "cells.csv", "val_loss.png")}
+        f"report/out/{n}" for n in ("report.md", "cells.csv", "runs.csv")}
 
 
 def test_report_run_in_mlflow(report, store):
@@ -198,16 +198,16 @@ def test_report_run_in_mlflow(report, store):
     assert {"report.md", "cells.csv", "runs.csv", "pairwise.csv", "to_target.csv", "fairness.csv",
             "tuning_budget.csv", "sensitivity.csv", "pareto.png", "val_loss.png", "lr_sensitivity.png"} <= artifacts
     again = compare.build_report(tracking_uri=store["uri"], experiments=["quickstart"], out=store["tmp"] / "again",
-                                 log=False)  # a later report does not count the report run as a training run
+                                 log=False, plots=False)  # a later report does not count the report run as a training run
     assert sorted(s.method for s in again.summaries) == ["adamw", "scale", "sgd"]
 
 
 def test_select_latest_and_all(store, tmp_path):
     latest = compare.build_report(tracking_uri=store["uri"], experiments=["quickstart"], select="latest",
-                                  out=tmp_path / "l", log=False)
+                                  out=tmp_path / "l", log=False, plots=False)
     assert {s.method: s.cell.lr for s in latest.summaries}["scale"] == 1e-2  # logged last
     every = compare.build_report(tracking_uri=store["uri"], experiments=["quickstart"], select="all",
-                                 out=tmp_path / "a", log=False)
+                                 out=tmp_path / "a", log=False, plots=False)
     assert sorted((s.method, s.cell.lr) for s in every.summaries) == [
         ("adamw", 1e-3), ("adamw", 3e-3), ("scale", 1e-3), ("scale", 1e-2), ("sgd", 0.1), ("sgd", 1.0)]
 
@@ -237,7 +237,7 @@ def test_every_method_gets_its_own_distinct_colour():
 
 def test_filters_and_errors(store, tmp_path):
     report = compare.build_report(tracking_uri=store["uri"], tags={"data": "sample"}, models=["llama_60m"],
-                                  out=tmp_path, log=False)
+                                  out=tmp_path, log=False, plots=False)
     assert [(s.method, s.model) for s in report.summaries] == [("adamw", "llama_60m")]
     with pytest.raises(compare.NoRunsError, match="no experiment named 'nope'"):
         compare.build_report(tracking_uri=store["uri"], experiments=["nope"], out=tmp_path, log=False)
@@ -250,7 +250,7 @@ def test_filters_and_errors(store, tmp_path):
 
 def test_cli(store, tmp_path, capsys):
     code = main(["compare", "--tracking-uri", store["uri"], "--experiment", "quickstart", "--out",
-                 str(tmp_path / "r"), "--no-log", "--baseline", "adamw", "--target-loss", "5.0"])
+                 str(tmp_path / "r"), "--no-log", "--baseline", "adamw", "--target-loss", "5.0", "--no-plots"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| method | model | lr | seeds | val loss (mean) | 95% CI |" in out
@@ -279,3 +279,26 @@ def test_the_method_tag_names_scale_ablation_variants():
     assert name("scale", normalization="column", momentum_on="none") == "sgd+column"
     assert name("scale", normalization="sign", momentum_on="none") == "sgd+sign"
     assert name("scale", normalization="none", momentum_on="none") == "sgd"
+
+
+def test_figures_keep_legends_outside_nothing_clipped_and_scales_fixed(monkeypatch, tmp_path):
+    from optsweep.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    # a narrow perplexity range: still a log axis (the scale never depends on the values)
+    plots.pareto_plot([plots.ParetoPoint("adamw", "m", 1e6, 30.0), plots.ParetoPoint("scale", "m", 2e6, 31.0)],
+                      tmp_path / "p.png", "ppl", "t")
+    curves = [plots.Curve("adamw", "m", [0.0, 50.0, 100.0], [10.4, 5.0, 4.0]),
+              plots.Curve("scale", "m", [0.0, 50.0, 100.0], [10.4, 4.8, 3.9], [10.3, 4.7, 3.8], [10.5, 4.9, 4.0], 3)]
+    plots.loss_curves_plot(curves, tmp_path / "l.png", "tokens", "t")
+    pareto, loss = figures
+    assert pareto.axes[0].get_yscale() == "log"
+    whole, late = loss.axes
+    low, high = whole.get_ylim()
+    assert low <= 3.8 and high >= 10.5  # the first evaluation and the seeds' band are on the axes
+    for figure, ax in ((pareto, pareto.axes[0]), (loss, late)):
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= ax.get_window_extent(renderer).x1  # right of the axes: it hides no curve

@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/outputs/mlflow.db)")
     parser.add_argument("--out", help="output folder (default: <repo>/outputs/reports/<timestamp>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no PNGs)")
     parser.add_argument("--list", action="store_true", help="list experiments and their runs, then stop")
 
 
@@ -113,7 +114,7 @@ def build_report(tracking_uri: str | None = None, experiments: Sequence[str] | N
                  models: Sequence[str] | None = None, statuses: Sequence[str] = DEFAULT_STATUSES,
                  select: str = "best", ppl: str = "token", out: Path | None = None, log: bool = True,
                  baseline: str | None = None, target_loss: float | None = None, tolerance: float = 0.02,
-                 confidence: float = 0.95, alpha: float = 0.05) -> Report:
+                 confidence: float = 0.95, alpha: float = 0.05, plots: bool = True) -> Report:
     _check_options(confidence, alpha, tolerance)
     tracking_uri = tracking_uri or queries.default_tracking_uri()
     client = queries.client_for(tracking_uri)
@@ -162,11 +163,13 @@ def build_report(tracking_uri: str | None = None, experiments: Sequence[str] | N
         files.append(tables.write_csv(out / "pairwise.csv", tables.PAIRWISE_COLUMNS, tables.pairwise_rows(pairs)))
     if to_target:
         files.append(tables.write_csv(out / "to_target.csv", tables.TARGET_COLUMNS, tables.target_rows(to_target)))
-    from optsweep.report.plots import write_figures
+    plot_files = []
+    if plots:
+        from optsweep.report.plots import write_figures
 
-    plot_files, plot_notes = write_figures(summaries, sensitivity, out, ppl, title)
-    files += plot_files
-    notes += plot_notes
+        plot_files, plot_notes = write_figures(summaries, sensitivity, out, ppl, title)
+        files += plot_files
+        notes += plot_notes
 
     text = _markdown(title, tracking_uri, experiments_seen, tags, models, optimizers, statuses, select, summaries,
                      pairs, sensitivity, budget, fairness, to_target, target_source, baseline, confidence,
@@ -259,7 +262,8 @@ def main(args: argparse.Namespace) -> int:
         tracking_uri=tracking_uri, experiments=args.experiment, tags=parse_tags(args.tag),
         optimizers=args.optimizer, models=args.model, statuses=args.status, select=args.select, ppl=args.ppl,
         out=Path(args.out) if args.out else None, log=not args.no_log, baseline=args.baseline,
-        target_loss=args.target_loss, tolerance=args.tolerance, confidence=args.confidence, alpha=args.alpha)
+        target_loss=args.target_loss, tolerance=args.tolerance, confidence=args.confidence, alpha=args.alpha,
+        plots=not args.no_plots)
     print(tables.cells_markdown(report.summaries, args.confidence))
     if report.pairwise:
         print()
