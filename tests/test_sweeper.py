@@ -238,6 +238,8 @@ def test_rerun_with_more_trials_adds_exactly_the_difference(resumed):
 
 
 def test_replicates_rerun_the_best_on_new_seeds_outside_the_search(tmp_path, mlflow_store):
+    from omegaconf import OmegaConf
+
     root = with_mlflow_store(tmp_path, mlflow_store)
     command = ("hydra.sweeper.replicates.top_k=1", "hydra.sweeper.replicates.seeds=2")
     ok(toy_sweep(root, *command))
@@ -257,6 +259,10 @@ def test_replicates_rerun_the_best_on_new_seeds_outside_the_search(tmp_path, mlf
     assert len(children) == 5 and len(marked) == 2
     assert {c["tags"]["optsweep.replicate_of"] for c in marked} == {str(best.number)}
     assert {c["tags"]["optuna.state"] for c in marked} == {"COMPLETE"}
+    (results,) = [OmegaConf.load(p) for p in (root / "multirun").glob("*/optimization_results.yaml")]
+    assert results.replicates.study == names[1]
+    assert [(t.replicate_of, t.seed, t.state) for t in results.replicates.trials] == [
+        (best.number, 1, "COMPLETE"), (best.number, 2, "COMPLETE")]
     # the same command again runs nothing: the replicates are resumed, not repeated
     ok(toy_sweep(root, *command))
     assert len(optuna.load_study(study_name=names[1], storage=storage).trials) == 2

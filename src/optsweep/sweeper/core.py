@@ -247,6 +247,13 @@ class OptunaSweep:
         # the search's own `seed=` override gives way to each replicate's seed
         kept = [a for a in passthrough if a.split("=", 1)[0].lstrip("+") != "seed"]
         self._loop(study, name, space, kept, parent_id, total, search=False)
+        self.replicate_results = {
+            "study": name,
+            "trials": [{"replicate_of": t.user_attrs.get(replicates.REPLICATE_OF_ATTR),
+                        "seed": t.user_attrs.get(replicates.SEED_ATTR), "state": t.state.name,
+                        "value": t.value if t.state == TrialState.COMPLETE else None}
+                       for t in study.get_trials(deepcopy=False)],
+        }
 
     def _loop(self, study: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
               parent_id: str | None, n_trials: int, search: bool) -> None:
@@ -444,6 +451,8 @@ class OptunaSweep:
                                           for t in study.best_trials]
         log.info("study %r: %s; best: %s", study_name, dict(counts),
                  results.get("best_params", results.get("best_trials")))
+        if getattr(self, "replicate_results", None):
+            results["replicates"] = self.replicate_results
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
