@@ -269,6 +269,21 @@ def test_replicates_rerun_the_best_on_new_seeds_outside_the_search(tmp_path, mlf
     assert len(parent_and_children(root)[1]) == 5
 
 
+def test_a_replicate_trial_names_and_tags_its_run_from_the_start():
+    """Tagged when training opens the run, not only when the sweeper finishes it: a replicate killed midway
+    is still one in MLflow."""
+    from optsweep.sweeper import context
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"replicate": True, "replicate_of": 4, "seed": 43})
+    ctx = context.TrialContext(study.ask(), "s [replicates]", "parent")
+    assert ctx.mlflow_tags() == {"optuna.study": "s [replicates]", "optuna.trial": "0", "mlflow.parentRunId": "parent",
+                                 "optsweep.replicate": "true", "optsweep.replicate_of": "4"}
+    assert ctx.run_name() == "replicate-0-of-trial-4"
+    plain = context.TrialContext(optuna.create_study().ask(), "s", None)
+    assert plain.mlflow_tags() == {"optuna.study": "s", "optuna.trial": "0"} and plain.run_name() == "trial-0"
+
+
 def test_replicate_plan_takes_the_best_per_variant():
     from optuna.distributions import FloatDistribution as F
     from optuna.trial import create_trial
