@@ -108,6 +108,7 @@ CONFIG_CASES = [
     ("eval interval fractional", ["train.eval_every_n_steps=2.5"], ["train.eval_every_n_steps=2.5"]),
     ("train flag", ["train.compile=yes"], ["train.compile=yes", "true or false"]),
     ("seed", ["seed=abc"], ["seed=abc", "seed=42"]),
+    ("init_seed", ["init_seed=-1"], ["init_seed=-1", "init_seed=42"]),
     ("divergence interval", ["divergence.check_every_n_steps=0"], ["divergence.check_every_n_steps=0"]),
     ("seq_len zero", ["data.seq_len=0"], ["data.seq_len=0", "integer >= 2"]),
     ("seq_len", ["data.seq_len=1024"], ["data.seq_len=1024", "max_position_embeddings=512", "data.seq_len<=512"]),

@@ -237,6 +237,75 @@ def test_rerun_with_more_trials_adds_exactly_the_difference(resumed):
     assert float(parent["tags"]["optuna.best_trial"]) == study.best_trial.number
 
 
+def test_replicates_rerun_the_best_on_new_seeds_outside_the_search(tmp_path, mlflow_store):
+    from omegaconf import OmegaConf
+
+    root = with_mlflow_store(tmp_path, mlflow_store)
+    command = ("hydra.sweeper.replicates.top_k=1", "hydra.sweeper.replicates.seeds=2")
+    ok(toy_sweep(root, *command))
+    storage = f"sqlite:///{root}/outputs/optuna.db"
+    names = sorted(optuna.get_all_study_names(storage))
+    assert len(names) == 2 and names[1] == f"{names[0]} [replicates]"
+    search = optuna.load_study(study_name=names[0], storage=storage)
+    replicas = optuna.load_study(study_name=names[1], storage=storage).trials
+    assert len(search.trials) == 3  # the search's n_trials, untouched: the sampler never saw a replicate
+    best = search.best_trial
+    assert [(t.state, t.params, t.user_attrs["seed"], t.user_attrs["replicate_of"]) for t in replicas] == [
+        (TrialState.COMPLETE, best.params, seed, best.number) for seed in (1, 2)]
+    # the toy objective adds 0.01 x seed: the seed override reached each replicate's job
+    assert [t.value for t in replicas] == pytest.approx([toy_objective(best.params) + 0.01 * s for s in (1, 2)])
+    _, children = parent_and_children(root)
+    marked = [c for c in children if c["tags"].get("optsweep.replicate") == "true"]
+    assert len(children) == 5 and len(marked) == 2
+    assert {c["tags"]["optsweep.replicate_of"] for c in marked} == {str(best.number)}
+    assert {c["tags"]["optuna.state"] for c in marked} == {"COMPLETE"}
+    (results,) = [OmegaConf.load(p) for p in (root / "multirun").glob("*/optimization_results.yaml")]
+    assert results.replicates.study == names[1]
+    assert [(t.replicate_of, t.seed, t.state) for t in results.replicates.trials] == [
+        (best.number, 1, "COMPLETE"), (best.number, 2, "COMPLETE")]
+    # the same command again runs nothing: the replicates are resumed, not repeated
+    ok(toy_sweep(root, *command))
+    assert len(optuna.load_study(study_name=names[1], storage=storage).trials) == 2
+    assert len(parent_and_children(root)[1]) == 5
+
+
+def test_a_replicate_trial_names_and_tags_its_run_from_the_start():
+    """Tagged when training opens the run, not only when the sweeper finishes it: a replicate killed midway
+    is still one in MLflow."""
+    from optsweep.sweeper import context
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"replicate": True, "replicate_of": 4, "seed": 43})
+    ctx = context.TrialContext(study.ask(), "s [replicates]", "parent")
+    assert ctx.mlflow_tags() == {"optuna.study": "s [replicates]", "optuna.trial": "0", "mlflow.parentRunId": "parent",
+                                 "optsweep.replicate": "true", "optsweep.replicate_of": "4"}
+    assert ctx.run_name() == "replicate-0-of-trial-4"
+    plain = context.TrialContext(optuna.create_study().ask(), "s", None)
+    assert plain.mlflow_tags() == {"optuna.study": "s", "optuna.trial": "0"} and plain.run_name() == "trial-0"
+
+
+def test_replicate_plan_takes_the_best_per_variant():
+    from optuna.distributions import FloatDistribution as F
+    from optuna.trial import create_trial
+
+    from optsweep.sweeper.replicates import plan, seeds_for
+
+    def trial(number, variant, value, state=TrialState.COMPLETE):
+        t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                         params={"variant": variant, "lr": 0.1 * number},
+                         distributions={"variant": CategoricalDistribution(["a", "b"]), "lr": F(0, 10)})
+        t.number = number
+        return t
+
+    trials = [trial(0, "a", 3.0), trial(1, "a", 1.0), trial(2, "b", 2.0), trial(3, "a", 2.0),
+              trial(4, "b", float("nan"), TrialState.FAIL), trial(5, "b", 5.0)]
+    chosen = plan(trials, top_k=2, seeds=[7, 8])
+    assert [(r.of, r.seed) for r in chosen] == [(1, 7), (1, 8), (3, 7), (3, 8), (2, 7), (2, 8), (5, 7), (5, 8)]
+    assert seeds_for(3, 42) == [43, 44, 45] and seeds_for([5, 9], 42) == [5, 9]
+    with pytest.raises(ValueError, match="other than the search's seed 42"):
+        seeds_for([42, 1], 42)
+
+
 def test_two_workers_share_one_study(tmp_path, mlflow_store):
     with_mlflow_store(tmp_path, mlflow_store)
     procs = [toy_popen(tmp_path, "hydra.sweeper.n_trials=6", "sleep=0.7", log=tmp_path / f"worker{i}.log")
@@ -288,11 +357,15 @@ def test_interrupted_trials_run_again_with_their_params(tmp_path):
     assert all(t.value == pytest.approx(toy_objective(t.params)) for t in trials)
 
 
-def test_grid_with_variants_runs_each_point_once(tmp_path):
-    proc = subprocess.run([sys.executable, str(APP), "-m", "sweep=toy_grid", "logger.mlflow.tracking_uri=null"],
+@pytest.mark.parametrize("n_trials", ["10", "null"])
+def test_grid_with_variants_runs_each_point_once(tmp_path, n_trials):
+    """n_trials above the grid's size stops when the grid is done; unset (null), it is the grid's size."""
+    proc = subprocess.run([sys.executable, str(APP), "-m", "sweep=toy_grid", "logger.mlflow.tracking_uri=null",
+                           f"hydra.sweeper.n_trials={n_trials}"],
                           env=_env(tmp_path), capture_output=True, text=True, timeout=150, check=False)
     ok(proc)
-    assert "the grid is exhausted (4 points)" in proc.stdout + proc.stderr
+    stopped = "the grid is exhausted (4 points)" if n_trials == "10" else "n_trials=4 reached"
+    assert stopped in proc.stdout + proc.stderr
     trials = the_study(tmp_path).trials
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     points = sorted((t.params["variant"], t.params["y"], t.value) for t in trials)
@@ -346,16 +419,46 @@ def test_project_sweeps_compose_and_parse(sweep):
     optimizers = {p.stem for p in (REPO / "conf" / "optimizer").glob("*.yaml")}
     named = {p.fixed for bundle in space.variants.values() for p in bundle if p.key == "optimizer"}
     assert named <= optimizers and cfg.optimizer.name in optimizers
+    from omegaconf import OmegaConf
+
     for bundle in space.variants.values():
+        chosen = next((p.fixed for p in bundle if p.key == "optimizer"), cfg.optimizer.name)
+        options = OmegaConf.load(REPO / "conf" / "optimizer" / f"{chosen}.yaml")  # the variant's optimizer
         for p in bundle:
             if p.key.startswith("optimizer."):
-                assert p.key.removeprefix("optimizer.") in cfg.optimizer, p.key
+                assert p.key.removeprefix("optimizer.") in options, p.key
     for p in space.params:
         assert p.key.removeprefix("optimizer.") in cfg.optimizer, p.key
     if sweeper.sampler._target_.endswith("GridSampler"):
-        assert math.prod(len(v) for v in space.grid().values()) == sweeper.n_trials
+        # n_trials unset: the sweeper runs the whole grid
+        assert sweeper.n_trials is None or math.prod(len(v) for v in space.grid().values()) == sweeper.n_trials
         # a grid is a table to fill: no point may be pruned by comparison with the others
         assert sweeper.pruner._target_ == "optuna.pruners.NopPruner"
+
+
+@pytest.mark.skipif(not (REPO / "conf" / "config.yaml").exists(), reason="needs the project's conf/")
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweeps_tune_or_tie_every_learning_rate(sweep):
+    """Where a sweep tunes optimizer.lr, every other lr of that optimizer (Muon's adamw_lr, SCALE's and
+    SWAN's adam_lr) is tuned too or tied to it (null); and the file says which."""
+    from omegaconf import OmegaConf
+
+    assert "Learning rates" in (REPO / "sweeps" / "sweep" / f"{sweep}.yaml").read_text()
+    cfg = _compose(sweep)
+    space, _ = SearchSpace.build(cfg.hydra.sweeper.params, cfg.hydra.sweeper.variants, [])
+    bundles = {name: {p.key: p for p in bundle} for name, bundle in space.variants.items()} or {None: {}}
+    for name, bundle in bundles.items():
+        entries = {p.key: p for p in space.params} | bundle
+        optimizer = entries["optimizer"].fixed if "optimizer" in entries else cfg.optimizer.name
+        defaults = OmegaConf.load(REPO / "conf" / "optimizer" / f"{optimizer}.yaml")
+        lr = entries.get("optimizer.lr")
+        if lr is None or lr.distribution is None:
+            continue  # lr not tuned (a grid at given lrs): nothing to keep in step
+        rates = [k for k in defaults if k.endswith("_lr") and not isinstance(defaults[k], str)]  # not adjust_lr
+        for key in rates:
+            entry = entries.get(f"optimizer.{key}")
+            tied = entry is None and defaults[key] is None or entry is not None and entry.fixed == "null"
+            assert tied or (entry is not None and entry.distribution is not None), (sweep, name, key)
 
 
 def test_ready_sweeps_cover_every_baseline():
@@ -382,7 +485,8 @@ def test_run_py_sweep_end_to_end(tmp_path):
     ok(proc)
     trials = the_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(math.isfinite(t.value) and set(t.params) == {"optimizer.lr", "optimizer.momentum"} for t in trials)
+    assert all(math.isfinite(t.value) and set(t.params) == {"optimizer.lr", "optimizer.adam_lr", "optimizer.momentum"}
+               for t in trials)
     _, children = parent_and_children(tmp_path)
     assert [c["tags"]["optuna.state"] for c in children] == ["COMPLETE", "COMPLETE"]
     assert all(c["tags"].get("optimizer") == "scale" for c in children)

@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> float:
     time.sleep(float(os.environ.get("TOY_SLEEP", cfg.sleep)))
     if cfg.lightning:
         return _fit_with_pruning(cfg, ctx)
-    return (cfg.x - 0.3) ** 2 + cfg.y
+    return (cfg.x - 0.3) ** 2 + cfg.y + 0.01 * cfg.seed
 
 
 if __name__ == "__main__":

@@ -98,6 +98,15 @@ class MlflowConfig:
 
 
 @dataclass
+class ReplicatesConfig:
+    """After n_trials, rerun the best `top_k` configurations of each variant on new seeds (0: none)."""
+
+    top_k: int = 0
+    # a count of new seeds (seed + 1 ... seed + n, `seed` being the search's), or a list of seeds
+    seeds: Any = 3
+
+
+@dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.optsweep_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
@@ -111,8 +120,9 @@ class OptunaSweeperConf:
     # null: derived from the command's overrides, so the same command continues the same study
     study_name: str | None = None
     storage: str | None = "sqlite:///${oc.select:paths.root_dir,.}/outputs/optuna.db"
-    # target number of finished trials in the study (COMPLETE + PRUNED + FAIL), not trials per run
-    n_trials: int = 20
+    # target number of finished trials in the study (COMPLETE + PRUNED + FAIL), not trials per run;
+    # null: the whole grid with the grid sampler, 20 otherwise
+    n_trials: int | None = None
     # trials handed to the launcher at once; the basic launcher runs them one after the other
     n_jobs: int = 1
     # override key -> value: a fixed value, or choice(...), range(...), interval(a,b),
@@ -128,6 +138,7 @@ class OptunaSweeperConf:
     grace_period: int | None = 600
     # stop this worker after this many trials in a row raised (a bug, not a bad hyperparameter)
     max_consecutive_errors: int = 5
+    replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig)
 
 
 _store = ConfigStore.instance()

@@ -3,7 +3,10 @@
     python -m optsweep.report memory                 # model + optimizer memory per optimizer x model size
     python -m optsweep.report compare                # tables and plots from the runs in outputs/mlflow.db
 
-Kept light on imports: each subcommand imports what it needs.
+One job per module: ``queries`` reads runs from MLflow, ``cells`` turns them into cells and per-method
+numbers with the pure functions of ``stats``, ``tables`` renders markdown and CSV, ``plots`` draws, ``publish``
+logs a report back to MLflow, and ``compare`` is the command that strings them together. Kept light on
+imports: each subcommand imports what it needs.
 """
 
 from __future__ import annotations

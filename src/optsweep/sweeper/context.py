@@ -41,6 +41,8 @@ SWEEP_ENV = "OPTSWEEP_SWEEP"
 RUN_ID_ATTR = "mlflow_run_id"
 FAILURE_ATTR = "failure_reason"
 PRUNED_ATTR = "pruned_at_step"
+REPLICATE_ATTR = "replicate"  # set on the replicate study's trials (optsweep.sweeper.replicates)
+REPLICATE_OF_ATTR = "replicate_of"
 
 
 class TrialContext:
@@ -70,19 +72,30 @@ class TrialContext:
         self.trial.set_user_attr(FAILURE_ATTR, value)
 
     def mlflow_tags(self) -> dict[str, str]:
-        """Tags for the trial's MLflow run: `mlflow.parentRunId` nests it under the sweep's run."""
+        """Tags for the trial's MLflow run: `mlflow.parentRunId` nests it under the sweep's run; a replicate
+        of a sweep's winner says so (optsweep.replicate, optsweep.replicate_of)."""
         tags = {"optuna.study": self.study_name, "optuna.trial": str(self.number)}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
+        tags.update(replicate_tags(self.trial.user_attrs))
         return tags
 
     def run_name(self) -> str:
+        if self.trial.user_attrs.get(REPLICATE_ATTR):
+            return f"replicate-{self.number}-of-trial-{self.trial.user_attrs.get(REPLICATE_OF_ATTR)}"
         return f"trial-{self.number}"
 
     def pruning_callback(self, monitor: str = "val/loss") -> OptunaPruning:
         from optsweep.sweeper.pruning import OptunaPruning
 
         return OptunaPruning(self.trial, monitor=monitor)
+
+
+def replicate_tags(user_attrs: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags of a replicate trial (read by the comparison report); none for a search trial."""
+    if not user_attrs.get(REPLICATE_ATTR):
+        return {}
+    return {"optsweep.replicate": "true", "optsweep.replicate_of": str(user_attrs.get(REPLICATE_OF_ATTR))}
 
 
 _active: dict[int, TrialContext] = {}

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from optsweep.sweeper import context, guards
+from optsweep.sweeper import context, guards, replicates
 from optsweep.sweeper._locks import sqlite_creation_lock
 from optsweep.sweeper.mlflow_parent import SweepRun
 from optsweep.sweeper.search_space import SearchSpace, SweepConfigError
@@ -129,7 +129,8 @@ class OptunaSweep:
     def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, study_name: str | None,
                  storage: str | None, n_trials: int, n_jobs: int, params: DictConfig | None,
                  variants: DictConfig | None, mlflow: DictConfig, heartbeat_interval: int | None,
-                 grace_period: int | None, max_consecutive_errors: int) -> None:
+                 grace_period: int | None, max_consecutive_errors: int,
+                 replicates: DictConfig | None = None) -> None:
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
         self.direction = OmegaConf.to_container(direction) if OmegaConf.is_list(direction) else direction
@@ -143,6 +144,7 @@ class OptunaSweep:
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.max_consecutive_errors = max_consecutive_errors
+        self.replicates = OmegaConf.to_container(replicates, resolve=True) if replicates is not None else {}
         self.machine, self.pid = _machine(), os.getpid()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -178,6 +180,11 @@ class OptunaSweep:
         # grid's and QMC's seed fixes their order, which all workers must share).
         target = self.sampler_cfg._target_
         self.reseed = self.sampler_cfg.get("seed") is not None and not target.endswith(("GridSampler", "QMCSampler"))
+        if self.n_trials is None:  # a grid runs whole unless told otherwise
+            self.n_trials = math.prod(len(v) for v in self.grid.values()) if self.grid else 20
+        elif self.grid and self.n_trials < math.prod(len(v) for v in self.grid.values()):
+            log.warning("n_trials=%d runs only part of the %d-point grid (leave n_trials unset for all of it)",
+                        self.n_trials, math.prod(len(v) for v in self.grid.values()))
         pruner = instantiate(self.pruner_cfg)
         directions = self.direction if isinstance(self.direction, list) else [self.direction]
         storage = _storage(self.storage_url)
@@ -197,7 +204,9 @@ class OptunaSweep:
         os.environ[context.SWEEP_ENV] = context.sweep_environment(
             self._absolute_url(), study_name, OmegaConf.to_container(self.pruner_cfg, resolve=True), parent_id)
         try:
-            self._loop(study, study_name, space, passthrough, parent_id)
+            self._loop(study, study_name, space, passthrough, parent_id, self.n_trials, search=True)
+            if int(self.replicates.get("top_k") or 0) > 0:
+                self._replicate(study, study_name, space, passthrough, parent_id, storage, directions)
         except BaseException:
             if self.parent is not None:
                 self.parent.stopped()
@@ -215,26 +224,57 @@ class OptunaSweep:
             url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
         return url
 
+    def _replicate(self, search: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
+                   parent_id: str | None, storage: Any, directions: list[str]) -> None:
+        """Rerun the best configurations on new seeds, in the replicate study (enqueued once, then resumed)."""
+        top_k = int(self.replicates["top_k"])
+        seeds = replicates.seeds_for(self.replicates.get("seeds", 3),
+                                     int(OmegaConf.select(self.config, "seed", default=0) or 0))
+        name = replicates.replicate_study_name(study_name)
+        study = _retrying(lambda: optuna.create_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+            directions=directions, load_if_exists=True), "creating the replicate study")
+        wanted = replicates.plan(search.get_trials(deepcopy=False), top_k, seeds)
+        done = replicates.already_planned(study.get_trials(deepcopy=False))
+        for item in wanted:
+            if (item.of, item.seed) not in done:
+                study.enqueue_trial(item.params, user_attrs={replicates.REPLICATE_ATTR: True,
+                                                             replicates.REPLICATE_OF_ATTR: item.of,
+                                                             replicates.SEED_ATTR: item.seed})
+        total = len(study.get_trials(deepcopy=False))
+        log.info("replicates: the best %d configuration(s) per variant on seeds %s: %d trial(s) in study %r",
+                 top_k, seeds, total, name)
+        # the search's own `seed=` override gives way to each replicate's seed
+        kept = [a for a in passthrough if a.split("=", 1)[0].lstrip("+") != "seed"]
+        self._loop(study, name, space, kept, parent_id, total, search=False)
+        self.replicate_results = {
+            "study": name,
+            "trials": [{"replicate_of": t.user_attrs.get(replicates.REPLICATE_OF_ATTR),
+                        "seed": t.user_attrs.get(replicates.SEED_ATTR), "state": t.state.name,
+                        "value": t.value if t.state == TrialState.COMPLETE else None}
+                       for t in study.get_trials(deepcopy=False)],
+        }
+
     def _loop(self, study: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
-              parent_id: str | None) -> None:
+              parent_id: str | None, n_trials: int, search: bool) -> None:
         errors_in_a_row = 0
         while True:
             self._requeue_interrupted(study)
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            free = self.n_trials - finished - running
+            free = n_trials - finished - running
             if free <= 0:
-                log.info("n_trials=%d reached (%d finished, %d running elsewhere)", self.n_trials, finished,
-                         running)
+                log.info("%s=%d reached (%d finished, %d running elsewhere)",
+                         "n_trials" if search else "replicates", n_trials, finished, running)
                 return
-            if self.grid is not None and self._grid_taken(trials):
+            if search and self.grid is not None and self._grid_taken(trials):
                 log.info("the grid is exhausted (%d points)", math.prod(len(v) for v in self.grid.values()))
                 return
-            batch = self._ask(study, min(self.n_jobs, free))
+            batch = self._ask(study, min(self.n_jobs, free), n_trials)
             if not batch:
                 return
-            results = self._run_batch(study, study_name, space, passthrough, parent_id, batch)
+            results = self._run_batch(study, study_name, space, passthrough, parent_id, batch, search)
             for raised in results:
                 errors_in_a_row = errors_in_a_row + 1 if raised else 0
             if errors_in_a_row >= self.max_consecutive_errors:
@@ -242,7 +282,7 @@ class OptunaSweep:
                     f"{errors_in_a_row} trials in a row raised (see their failure_reason); stopping this worker. "
                     "Fix the cause and rerun: finished trials are kept, and count towards n_trials.")
 
-    def _ask(self, study: optuna.Study, count: int) -> list[optuna.Trial]:
+    def _ask(self, study: optuna.Study, count: int, n_trials: int) -> list[optuna.Trial]:
         batch = []
         for _ in range(count):
             trial = study.ask()
@@ -252,7 +292,7 @@ class OptunaSweep:
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
-            if finished + ahead >= self.n_trials:
+            if finished + ahead >= n_trials:
                 # another worker took the last slot at the same moment: leave this one for a later run
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 log.info("trial %d is beyond n_trials (another worker was faster): left WAITING",
@@ -270,15 +310,17 @@ class OptunaSweep:
 
     # ------------------------------------------------------------------ one batch of jobs
     def _run_batch(self, study: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
-                   parent_id: str | None, batch: list[optuna.Trial]) -> list[bool]:
+                   parent_id: str | None, batch: list[optuna.Trial], search: bool = True) -> list[bool]:
         """Run the trials, tell the results; returns, per trial, whether it raised."""
         raised: dict[int, bool] = {}
         jobs: list[tuple[optuna.Trial, list[str]]] = []
         for trial in batch:
             try:
-                if self.reseed:
+                if self.reseed and search:
                     study.sampler = instantiate(self.sampler_cfg, seed=self.sampler_cfg.seed + trial.number)
                 overrides = passthrough + space.suggest(trial)
+                if not search:  # a replicate: the winner's params (enqueued, fixed) on its own seed
+                    overrides.append(f"seed={trial.user_attrs[replicates.SEED_ATTR]}")
                 trial.set_user_attr("overrides", overrides)
                 self._check_composes(overrides)
             except Exception as error:  # noqa: BLE001 - a bad point in the space fails only its trial
@@ -362,7 +404,9 @@ class OptunaSweep:
         if self.parent is not None:
             self.parent.finish_child(run_id, frozen.number, frozen.state.name,
                                      frozen.values[0] if frozen.values else None, frozen.params, reason,
-                                     was_interrupted=bool(frozen.user_attrs.get("interruptions")))
+                                     was_interrupted=bool(frozen.user_attrs.get("interruptions")),
+                                     study=study.study_name,
+                                     extra_tags=context.replicate_tags(frozen.user_attrs))
 
     # ------------------------------------------------------------------ dead workers
     def _requeue_interrupted(self, study: optuna.Study) -> None:
@@ -389,7 +433,7 @@ class OptunaSweep:
             return  # another worker finished it meanwhile
         log.warning("trial %d %s: queued again", trial.number, why)
         if self.parent is not None:
-            self.parent.mark_interrupted(trial.number, why)
+            self.parent.mark_interrupted(trial.number, why, study=study.study_name)
 
     # ------------------------------------------------------------------ end of the sweep
     def _summarize(self, study: optuna.Study, study_name: str) -> dict[str, Any]:
@@ -407,6 +451,8 @@ class OptunaSweep:
                                           for t in study.best_trials]
         log.info("study %r: %s; best: %s", study_name, dict(counts),
                  results.get("best_params", results.get("best_trials")))
+        if getattr(self, "replicate_results", None):
+            results["replicates"] = self.replicate_results
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

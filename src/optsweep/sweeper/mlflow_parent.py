@@ -106,28 +106,31 @@ class SweepRun:
         )
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    def _children(self, trial_number: int) -> list[Any]:
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`{TRIAL_TAG}` = '{trial_number}'",
-        )
+    def _children(self, trial_number: int, study: str | None = None) -> list[Any]:
+        # the search and its replicate study both number trials from 0: the study tag tells them apart
+        where = f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`{TRIAL_TAG}` = '{trial_number}'"
+        if study is not None:
+            escaped = study.replace("'", "\\'")
+            where += f" and tags.`{STUDY_TAG}` = '{escaped}'"
+        return self.client.search_runs([self.experiment_id], filter_string=where)
 
-    def find_child(self, trial_number: int) -> str | None:
-        runs = self._children(trial_number)
+    def find_child(self, trial_number: int, study: str | None = None) -> str | None:
+        runs = self._children(trial_number, study)
         return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
 
     @_guarded
     def finish_child(self, run_id: str | None, trial_number: int, state: str, value: float | None,
-                     params: dict[str, Any], reason: str | None, was_interrupted: bool) -> None:
+                     params: dict[str, Any], reason: str | None, was_interrupted: bool, study: str | None = None,
+                     extra_tags: dict[str, str] | None = None) -> None:
         """Tag the trial's child run with what Optuna recorded and give it a status that says so."""
         from mlflow.entities import Metric, Param, RunTag
 
-        run_id = run_id or self.find_child(trial_number)
+        run_id = run_id or self.find_child(trial_number, study)
         if run_id is None:
             log.info("trial %d has no MLflow run (logger off, or it failed before creating one)", trial_number)
             return
         # the training code normally sets the parent already; setting it again is harmless
-        tags = {PARENT_TAG: self.run_id, TRIAL_TAG: str(trial_number), STATE_TAG: state}
+        tags = {PARENT_TAG: self.run_id, TRIAL_TAG: str(trial_number), STATE_TAG: state, **(extra_tags or {})}
         if reason:
             tags["optuna.failure_reason"] = reason[:5000]
         metrics = []
@@ -142,16 +145,16 @@ class SweepRun:
         self.client.set_terminated(run_id, status=_STATUS[state])
         if was_interrupted:
             # an attempt killed with its worker and not resumed by this one goes to the trash
-            for run in self._children(trial_number):
+            for run in self._children(trial_number, study):
                 if run.info.run_id != run_id and run.data.tags.get(STATE_TAG) == "INTERRUPTED":
                     self.client.delete_run(run.info.run_id)
 
     @_guarded
-    def mark_interrupted(self, trial_number: int, reason: str) -> None:
+    def mark_interrupted(self, trial_number: int, reason: str, study: str | None = None) -> None:
         """The trial will run again under the same number. Its dead attempt is marked; if the new attempt
         resumes it (same run id, from the trial's checkpoint) it becomes live again, otherwise
         finish_child moves it to MLflow's trash (restorable there), keeping one child per trial."""
-        run_id = self.find_child(trial_number)
+        run_id = self.find_child(trial_number, study)
         if run_id is not None and self.client.get_run(run_id).info.status in ("RUNNING", "KILLED"):
             self.client.set_tag(run_id, STATE_TAG, "INTERRUPTED")
             self.client.set_tag(run_id, "optuna.failure_reason", reason)

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from optsweep import metric_names
 from optsweep.models.llama import flops_per_token
 
 # Dense bf16 peak FLOP/s per device. Lightning's own table misses current GPU names (platform-notes.md),
@@ -95,16 +96,16 @@ class SpeedMonitor(L.Callback):
         world = trainer.world_size
         tokens_per_s_device = self._window_tokens / max(elapsed, 1e-9)
         metrics = {
-            "throughput/tokens_per_s": tokens_per_s_device * world,
-            "throughput/tokens_per_s_per_device": tokens_per_s_device,
-            "throughput/step_time_s": elapsed / self._window_steps,
-            "throughput/data_wait_frac": self._data_wait / max(elapsed, 1e-9),
-            "memory/peak_bytes": float(peak_memory_bytes()),
+            metric_names.THROUGHPUT: tokens_per_s_device * world,
+            metric_names.THROUGHPUT_PER_DEVICE: tokens_per_s_device,
+            metric_names.STEP_TIME: elapsed / self._window_steps,
+            metric_names.DATA_WAIT: self._data_wait / max(elapsed, 1e-9),
+            metric_names.PEAK_BYTES: float(peak_memory_bytes()),
         }
         if self.peak_flops:
-            metrics["throughput/mfu"] = tokens_per_s_device * self._flops_per_token / self.peak_flops
+            metrics[metric_names.MFU] = tokens_per_s_device * self._flops_per_token / self.peak_flops
         pl_module.log_metrics(metrics)
-        pl_module.log("tok/s", metrics["throughput/tokens_per_s"], prog_bar=True, logger=False)
+        pl_module.log("tok/s", metrics[metric_names.THROUGHPUT], prog_bar=True, logger=False)
         self._reset_window()
         self._window_start = self._last_batch_end
 

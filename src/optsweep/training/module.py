@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from optsweep import metric_names
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import state_bytes
 
@@ -142,7 +143,7 @@ class LlamaLitModule(L.LightningModule):
 
     def _log_progress(self) -> None:
         optimizer = self.trainer.optimizers[0]
-        metrics = {"lr": optimizer.param_groups[0]["lr"], "tokens/seen": self.tokens_seen}
+        metrics = {metric_names.LR: optimizer.param_groups[0]["lr"], metric_names.TOKENS: self.tokens_seen}
         for group in optimizer.param_groups:
             if "role" in group:
                 metrics[f"lr/{group['role']}"] = group["lr"]
@@ -151,8 +152,8 @@ class LlamaLitModule(L.LightningModule):
         if self.trainer.world_size > 1:
             loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
             nonpad = self.trainer.strategy.reduce(nonpad, reduce_op="sum")
-        metrics["train/loss"] = loss
-        metrics["tokens/seen_nonpad"] = nonpad
+        metrics[metric_names.TRAIN_LOSS] = loss
+        metrics[metric_names.TOKENS_NONPAD] = nonpad
         self.log_metrics(metrics)
 
     def _log_sizes(self) -> None:
@@ -164,8 +165,8 @@ class LlamaLitModule(L.LightningModule):
             opt_bytes = self.trainer.strategy.reduce(opt_bytes, reduce_op="sum")
         self.optimizer_state_bytes = int(opt_bytes)
         self.log_metrics({  # model/params is logged by train() before the first step
-            "optimizer/state_bytes": self.optimizer_state_bytes,
-            "memory/model_optimizer_bytes": param_bytes + self.optimizer_state_bytes,
+            metric_names.STATE_BYTES: self.optimizer_state_bytes,
+            metric_names.MODEL_OPTIMIZER_BYTES: param_bytes + self.optimizer_state_bytes,
         })
 
     # ------------------------------------------------------------------------------------ evaluation
@@ -186,14 +187,14 @@ class LlamaLitModule(L.LightningModule):
         loss_sum, tokens, batch_means, batches = sums.tolist()
         loss = loss_sum / tokens if tokens else float("nan")
         loss_paper = batch_means / (batches + 1)  # GaLore's evaluator starts its batch count at 1
-        self.log("val/ppl", _safe_exp(loss), prog_bar=True, logger=False)
-        self.log("val/loss", loss, logger=False)  # the objective sweeps and pruning read
+        self.log(metric_names.VAL_PPL, _safe_exp(loss), prog_bar=True, logger=False)
+        self.log(metric_names.VAL_LOSS, loss, logger=False)  # the objective sweeps and pruning read
         self.log_metrics({
-            "val/loss": loss,
-            "val/ppl": _safe_exp(loss),
-            "val/loss_paper": loss_paper,
-            "val/ppl_paper": _safe_exp(loss_paper),
-            "val/tokens": tokens,
+            metric_names.VAL_LOSS: loss,
+            metric_names.VAL_PPL: _safe_exp(loss),
+            metric_names.VAL_LOSS_PAPER: loss_paper,
+            metric_names.VAL_PPL_PAPER: _safe_exp(loss_paper),
+            metric_names.VAL_TOKENS: tokens,
         })
 
     # ----------------------------------------------------------------------------------- optimizers

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from optsweep import tracking
+from optsweep import metric_names, tracking
 from optsweep.models.llama import build_llama, count_parameters
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError
@@ -154,7 +154,9 @@ def train(cfg: DictConfig) -> float:
         # Stable-SPAM's total_T: ${train.max_steps}) resolve to it instead of to null.
         with open_dict(cfg):
             cfg.train.max_steps = budget.max_steps
-    L.seed_everything(cfg.seed, workers=True)
+    # init_seed: the weights' seed (follows `seed` unless set); the data order has its own, data.seed
+    init_seed = cfg.get("init_seed")
+    L.seed_everything(cfg.seed if init_seed is None else init_seed, workers=True)
 
     ckpt_path = find_resume_checkpoint(cfg.train.get("ckpt_path"), cfg.paths.ckpt_dir)
     meta = read_checkpoint_meta(ckpt_path) if ckpt_path else {}
@@ -187,7 +189,7 @@ def train(cfg: DictConfig) -> float:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
     if trial is not None:
-        callbacks.append(trial.pruning_callback(monitor="val/loss"))
+        callbacks.append(trial.pruning_callback(monitor=metric_names.VAL_LOSS))
 
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -207,7 +209,7 @@ def train(cfg: DictConfig) -> float:
     num_params = count_parameters(build_llama(spec, vocab_size=datamodule.vocab_size, device="meta"))
     if trainer.is_global_zero:
         for logger in loggers:
-            logger.log_metrics({"model/params": num_params}, step=0)
+            logger.log_metrics({metric_names.PARAMS: num_params}, step=0)
     mlflow_logger = next((lg for lg in loggers if lg.__class__.__name__ == "MLFlowLogger"), None)
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
@@ -245,7 +247,7 @@ def train(cfg: DictConfig) -> float:
             mlflow_logger.experiment.set_terminated(mlflow_logger.run_id, "KILLED")
         raise
 
-    val_loss = trainer.callback_metrics.get("val/loss")
+    val_loss = trainer.callback_metrics.get(metric_names.VAL_LOSS)
     objective = float(val_loss) if val_loss is not None else math.nan
     if not math.isfinite(objective):
         if trial is not None:

@@ -206,9 +206,12 @@ def check_train(cfg: DictConfig) -> None:
     ckpt = t.get("ckpt_path")
     if ckpt is not None and not isinstance(ckpt, str):
         raise ConfigError(f"train.ckpt_path={ckpt} must be a checkpoint file or `last`: set e.g. train.ckpt_path=last")
-    seed = cfg.get("seed")
-    if not (_is_int(seed) and 0 <= seed < 2**32):
-        raise ConfigError(f"seed={seed} must be an integer in [0, 2^32): set e.g. seed=42")
+    for key in ("seed", "init_seed"):
+        seed = cfg.get(key)
+        if key == "init_seed" and seed is None:
+            continue  # configs written before init_seed existed: the weights follow `seed`
+        if not (_is_int(seed) and 0 <= seed < 2**32):
+            raise ConfigError(f"{key}={seed} must be an integer in [0, 2^32): set e.g. {key}=42")
     divergence = cfg.get("divergence")
     if divergence is not None:
         _integer(divergence, "divergence.check_every_n_steps", least=1, example=10)
