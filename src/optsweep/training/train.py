@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optsweep import tracking
+from optsweep.data.datamodule import SkippedLinesMonitor
 from optsweep.models.llama import build_llama, count_parameters
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError
@@ -186,6 +187,8 @@ def train(cfg: DictConfig) -> float:
     loggers = build_loggers(cfg, trial=trial, resume_run_id=meta.get("mlflow_run_id"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
+    if datamodule.on_bad_document == "skip":
+        callbacks.append(SkippedLinesMonitor())
     if trial is not None:
         callbacks.append(trial.pruning_callback(monitor="val/loss"))
 
