@@ -491,6 +491,19 @@ class LMDataModule(L.LightningDataModule):
         found.on_bad_document = self.on_bad_document
         return found
 
+    def dataset_description(self, split: str) -> dict[str, str]:
+        """What MLflow records as the run's input: name, source (a folder or the hub's id), split, digest.
+        The digest covers the shard names and sizes (local) or the dataset id and shard names (hub)."""
+        shards = self.shards(split)
+        if isinstance(shards, HubShards):
+            source, identity = f"{self.hub_dataset}/{self.hub_subset}", list(shards.names)
+        else:
+            source = str(shards.folder)
+            identity = [(name, (shards.folder / name).stat().st_size) for name in shards.names]
+        digest = hashlib.sha256(repr((source, split, identity)).encode()).hexdigest()[:16]
+        return {"name": f"{self.source}-{split}", "kind": "hub" if isinstance(shards, HubShards) else "local",
+                "source": source, "split": split, "digest": digest, "shards": str(len(shards))}
+
     def bad_lines_skipped(self, include_validation: bool = True) -> int:
         """Bad lines this rank's train stream has skipped so far (all its dataloader workers, up to the end
         of the shuffle block in use), plus those the validation set skipped; 0 unless skipping."""

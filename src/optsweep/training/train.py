@@ -215,7 +215,8 @@ def train(cfg: DictConfig) -> float:
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
         if trainer.is_global_zero:
-            tracking.log_run_context(mlflow_logger, cfg)
+            tracking.log_run_context(mlflow_logger, cfg, [datamodule.dataset_description(split)
+                                                          for split in ("train", "validation")])
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
     log.info("model %s: %.2fM parameters", spec.name, num_params / 1e6)
@@ -239,6 +240,8 @@ def train(cfg: DictConfig) -> float:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     except DivergenceError as error:
         log.error("%s; objective +inf", error)
+        if mlflow_logger is not None and trainer.is_global_zero:
+            print(tracking.run_link(mlflow_logger._tracking_uri, mlflow_logger.experiment_id, mlflow_logger.run_id))
         if trial is not None:
             trial.failure_reason = str(error)
         return math.inf
@@ -248,6 +251,8 @@ def train(cfg: DictConfig) -> float:
             mlflow_logger.experiment.set_terminated(mlflow_logger.run_id, "KILLED")
         raise
 
+    if mlflow_logger is not None and trainer.is_global_zero:
+        print(tracking.run_link(mlflow_logger._tracking_uri, mlflow_logger.experiment_id, mlflow_logger.run_id))
     val_loss = trainer.callback_metrics.get("val/loss")
     objective = float(val_loss) if val_loss is not None else math.nan
     if not math.isfinite(objective):
