@@ -275,7 +275,9 @@ def validation_rows(
     lengths = np.array([r[1] for r in rows], dtype=np.int64)
     # paper rows are one document each; for packed rows, the documents read
     summary = {"rows": len(rows), "tokens": int(lengths.sum()),
-               "documents": len(rows) if row_format == "paper" else documents, "skipped_bad_lines": skipped}
+               "documents": len(rows) if row_format == "paper" else documents}
+    if skipped:  # data.on_bad_document=skip passed over bad lines
+        summary["skipped_bad_lines"] = skipped
     return ids, lengths, summary
 
 
