@@ -32,7 +32,10 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from optsweep.training.validate import check_values
+
     print(OmegaConf.to_yaml(cfg, resolve=True))
+    check_values(cfg)  # a bad number is refused before torch, Lightning and MLflow are imported
     check_run_services(cfg)  # seconds, not MLflow's minutes of retries, for a server that is not there
 
     from optsweep.training.checkpointing import Interrupted

@@ -38,7 +38,7 @@ def refuse(overrides: list[str], outputs: Path, repo: Path = ROOT) -> tuple[floa
     env.pop("HYDRA_FULL_ERROR", None)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, str(repo / "run.py"), *overrides], env=env, capture_output=True,
-                            text=True, cwd=repo, timeout=600)
+                            text=True, cwd=repo, timeout=600, check=False)
     elapsed = time.perf_counter() - started
     imported = set()
     for line in result.stderr.splitlines():

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from optsweep.data.shardfile import shard_documents
 from optsweep.errors import UserError
 
+SOURCES = ("sample", "c4", "c4_local")  # data.source: the embedded corpus, C4 from the hub, C4 shards on disk
 SPLITS = {"train": 1024, "validation": 8}
 HUB_DATASET = "allenai/c4"
 HUB_SUBSET = "en"

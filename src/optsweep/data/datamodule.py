@@ -42,14 +42,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from optsweep.data import rows as R
-from optsweep.data.c4 import DataUnavailableError, HubShards, LocalShards, Shards, load_tokenizer
+from optsweep.data.c4 import SOURCES, DataUnavailableError, HubShards, LocalShards, Shards, load_tokenizer
 from optsweep.data.sample import ensure_sample
 from optsweep.data.shardfile import check_on_bad_document
 from optsweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sample", "c4", "c4_local")
 _ENCODE_CHUNK = 64  # documents per tokenizer call: one call per document costs more; larger gains nothing
 
 
