@@ -34,10 +34,11 @@ CASES = {
 
 def refuse(overrides: list[str], outputs: Path, repo: Path = ROOT) -> tuple[float, int, list[str], str]:
     """Wall seconds to exit, exit status, heavy top-level packages imported, the error line."""
-    env = {**os.environ, "PROJECT_ROOT": str(outputs), "HF_HUB_OFFLINE": "1", "PYTHONIMPORTTIME": "1"}
+    env = {**os.environ, "PROJECT_ROOT": str(outputs), "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(repo / "run.py"), *overrides], env=env, capture_output=True,
+    command = [sys.executable, "-X", "importtime", str(repo / "run.py"), *overrides]
+    result = subprocess.run(command, env=env, capture_output=True,
                             text=True, cwd=repo, timeout=600, check=False)
     elapsed = time.perf_counter() - started
     imported = set()

@@ -141,8 +141,14 @@ GONE_APP = textwrap.dedent('''
     @hydra.main(version_base="1.3", config_path=os.environ["TOY_CONF"], config_name="config")
     def main(cfg):
         if context.current().number >= int(os.environ["TOY_GONE_FROM"]):
-            raise ServiceUnreachableError("the MLflow tracking server http://127.0.0.1:9 cannot be reached "
-                                          "(connection refused): start it")
+            if os.environ["TOY_GONE_WHEN"] == "before":  # run.py's probe before training
+                raise ServiceUnreachableError("the MLflow tracking server http://127.0.0.1:9 cannot be reached "
+                                              "(connection refused): start it")
+            from mlflow.exceptions import MlflowException  # an MLflow call while training
+
+            raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/get failed with "
+                                  "exception HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded "
+                                  "(Caused by NewConnectionError(Connection refused))")
         return (cfg.x - 0.3) ** 2 + cfg.y
 
     if __name__ == "__main__":
@@ -157,16 +163,20 @@ def toy_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_sweep_stops_when_its_tracking_server_goes_away(tmp_path):
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_sweep_stops_when_its_tracking_server_goes_away(tmp_path, when):
     app = tmp_path / "gone_app.py"
     app.write_text(GONE_APP)
     result = subprocess.run([sys.executable, str(app), "-m", "sweep=toy", "hydra.sweeper.n_trials=3",
                              "logger.mlflow.tracking_uri=null"],
-                            env=toy_env(tmp_path, TOY_GONE_FROM="1"), capture_output=True, text=True, timeout=120, check=False)
+                            env=toy_env(tmp_path, TOY_GONE_FROM="1", TOY_GONE_WHEN=when), capture_output=True,
+                            text=True, timeout=120, check=False)
     assert result.returncode != 0
-    assert ("ServiceUnreachableError: the MLflow tracking server http://127.0.0.1:9 cannot be reached (connection "
-            "refused): start it; the sweep stopped (its unstarted trials wait): run the same command again to "
-            "continue it") in result.stderr
+    sentence = {"before": "cannot be reached (connection refused): start it",
+                "during": "stopped answering during the run (connection refused, after MLflow's retries)"}[when]
+    assert f"ServiceUnreachableError: the MLflow tracking server http://127.0.0.1:9 {sentence}" in result.stderr
+    assert ("; the sweep stopped (its unstarted trials wait): run the same command again to continue it"
+            in result.stderr)
     storage = f"sqlite:///{tmp_path}/outputs/optuna.db"
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     states = [t.state.name for t in study.trials]
@@ -267,3 +277,22 @@ def test_run_on_a_real_tracking_server_then_without_it(mlflow_server, tmp_path):
         f"error: the MLflow tracking server {uri} cannot be reached (connection refused): start it (mlflow server "
         f"--host 0.0.0.0 --port {uri.rsplit(':', 1)[1]} ...), fix logger.mlflow.tracking_uri, or train without it "
         "with logger=csv or logger=none")
+
+
+def test_a_server_lost_during_the_run_is_one_sentence():
+    from mlflow.exceptions import MlflowException
+
+    from optsweep.errors import explain
+
+    # the message MLflow 3.17 raised when its server was killed mid-run (measured with a real server)
+    lost = MlflowException(
+        "API request to http://127.0.0.1:5932/api/2.0/mlflow/runs/get failed with exception HTTPConnectionPool("
+        "host='127.0.0.1', port=5932): Max retries exceeded with url: /api/2.0/mlflow/runs/get?run_uuid=58d6 "
+        "(Caused by NewConnectionError(\"HTTPConnection(host='127.0.0.1', port=5932): Failed to establish a new "
+        "connection: [Errno 111] Connection refused\"))")
+    sentence, status = explain(lost)
+    assert status == 2 and sentence.startswith(
+        "the MLflow tracking server http://127.0.0.1:5932 stopped answering during the run (connection refused, "
+        "after MLflow's retries): the checkpoints written so far are kept")
+    assert services.tracking_server_lost(MlflowException("RESOURCE_DOES_NOT_EXIST: run 1 not found")) is None
+    assert services.tracking_server_lost(ValueError(str(lost))) is None

@@ -35,6 +35,11 @@ def user_sentence(error: BaseException) -> str | None:
     """The sentence for a bad input, or None when ``error`` is not one."""
     if isinstance(error, UserError):
         return _from_worker(error)
+    from optsweep.services import tracking_server_lost
+
+    lost = tracking_server_lost(error)
+    if lost is not None:
+        return str(lost)
     try:
         from hydra.errors import (
             ConfigCompositionException,

@@ -12,6 +12,7 @@ Only the standard library is imported at module level: the probes run before tor
 from __future__ import annotations
 
 import os
+import re
 import socket
 import urllib.error
 import urllib.parse
@@ -104,6 +105,27 @@ def check_storage_url(url: str | None, setting: str = "hydra.sweeper.storage",
     raise ServiceUnreachableError(
         f"the Optuna storage {shown} cannot be reached ({parsed.host}:{port}: {reason}): start the database "
         f"server, or fix {setting} (the default, sqlite:///outputs/optuna.db, needs no server)"
+    )
+
+
+_LOST = re.compile(r"API request to (https?://[^/\s]+)\S* failed with exception .*?"
+                   r"(Connection refused|Failed to establish a new connection|Read timed out|Max retries exceeded)")
+
+
+def tracking_server_lost(error: BaseException) -> ServiceUnreachableError | None:
+    """An MLflow call that failed because the tracking server stopped answering during the run, as the
+    sentence to stop with (None for any other error)."""
+    if type(error).__name__ != "MlflowException":
+        return None
+    message = " ".join(str(error).split())
+    found = _LOST.search(message)
+    if found is None:
+        return None
+    reason = "connection refused" if "Connection refused" in message else "no answer"
+    return ServiceUnreachableError(
+        f"the MLflow tracking server {found.group(1)} stopped answering during the run ({reason}, after MLflow's "
+        "retries): the checkpoints written so far are kept; start the server again and resume with "
+        "train.ckpt_path=last, or resume with logger=csv to train on without it"
     )
 
 

@@ -313,9 +313,11 @@ class OptunaSweep:
         unreachable = None
         for (trial, _), ret in zip(jobs, returns, strict=True):
             error = ret._return_value if ret.status == JobStatus.FAILED else None
+            error = services.tracking_server_lost(error) or error if error is not None else None
             if isinstance(error, services.ServiceUnreachableError):
-                # the tracking server went away: not the trial's fault; it waits for the next run
-                self._requeue(study, study._storage.get_trial(trial._trial_id), f"not started: {error}")
+                # the tracking server went away: not the trial's fault; it waits for the next run (and
+                # resumes from its checkpoints when it got far enough to write one)
+                self._requeue(study, study._storage.get_trial(trial._trial_id), f"tracking server: {error}")
                 unreachable = error
                 continue
             if isinstance(getattr(error, "signum", None), int):
