@@ -7,8 +7,14 @@ import os
 from omegaconf import OmegaConf
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")  # NVIDIA's driver, ROCm's
+
+
 def auto_precision() -> str:
-    """The paper's pure-bf16 training on a GPU; fp32 on CPU, where bf16 matmuls are slow."""
+    """The paper's pure-bf16 training on a GPU; fp32 on CPU, where bf16 matmuls are slow. Without a GPU
+    driver on the machine CUDA cannot be there, and torch (seconds to import) is not asked."""
+    if not any(os.path.exists(path) for path in GPU_DEVICE_FILES):
+        return "32-true"
     import torch
 
     return "bf16-true" if torch.cuda.is_available() else "32-true"
