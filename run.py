@@ -34,10 +34,9 @@ def main(cfg: DictConfig) -> float:
 
     from optsweep.training.validate import check_values
 
-    # Both before the config is printed: resolving it imports torch (the precision), which costs seconds.
+    print(OmegaConf.to_yaml(cfg, resolve=True))  # imports torch only where a GPU driver is (the precision)
     check_values(cfg)  # a bad number, before torch, Lightning and MLflow are imported
     check_run_services(cfg)  # seconds, not MLflow's minutes of retries, for a server that is not there
-    print(OmegaConf.to_yaml(cfg, resolve=True))
 
     from optsweep.training.checkpointing import Interrupted
     from optsweep.training.train import train
