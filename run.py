@@ -20,8 +20,11 @@ os.environ["OPTSWEEP_REPO"] = str(REPO)
 
 from optsweep.config import register_resolvers  # noqa: E402
 from optsweep.errors import explain  # noqa: E402
+from optsweep.logs import one_line_per_event  # noqa: E402
+from optsweep.services import check_run_services, shorten_mlflow_retries  # noqa: E402
 
 register_resolvers()
+shorten_mlflow_retries()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -29,11 +32,18 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from optsweep.training.validate import check_values
+
+    print(OmegaConf.to_yaml(cfg, resolve=True))  # imports torch only where a GPU driver is (the precision)
+    check_values(cfg)  # a bad number, before torch, Lightning and MLflow are imported
+    check_run_services(cfg)  # seconds, not MLflow's minutes of retries, for a server that is not there
+
     from optsweep.training.checkpointing import Interrupted
     from optsweep.training.train import train
     from optsweep.training.validate import check_multirun
 
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    one_line_per_event()  # Lightning is imported now, and nothing has logged yet
+
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         check_multirun(cfg, hydra_cfg)

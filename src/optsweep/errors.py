@@ -34,7 +34,12 @@ def explain(error: BaseException) -> tuple[str, int]:
 def user_sentence(error: BaseException) -> str | None:
     """The sentence for a bad input, or None when ``error`` is not one."""
     if isinstance(error, UserError):
-        return str(error)
+        return _from_worker(error)
+    from optsweep.services import tracking_server_lost
+
+    lost = tracking_server_lost(error)
+    if lost is not None:
+        return str(lost)
     try:
         from hydra.errors import (
             ConfigCompositionException,
@@ -80,6 +85,17 @@ def user_sentence(error: BaseException) -> str | None:
         return (f"cannot use {error.filename} ({error.strerror or type(error).__name__}): fix the setting that "
                 "names this path, or the path's permissions and free space")
     return None
+
+
+def _from_worker(error: UserError) -> str:
+    """The sentence itself: a dataloader worker's error comes back as "Caught X in DataLoader worker
+    process N. Original Traceback ..." with the sentence on the traceback's last line."""
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} ") or "Original Traceback" not in text:
+        return text
+    marker = f"{type(error).__name__}: "
+    last = [line for line in text.splitlines() if marker in line]
+    return last[-1].split(marker, 1)[1] if last else text
 
 
 def one_line(text: str) -> str:

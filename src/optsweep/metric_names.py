@@ -19,3 +19,4 @@ PEAK_BYTES = "memory/peak_bytes"
 STATE_BYTES = "optimizer/state_bytes"
 MODEL_OPTIMIZER_BYTES = "memory/model_optimizer_bytes"
 PARAMS = "model/params"
+BAD_DOCUMENTS_SKIPPED = "data/bad_documents_skipped"  # lines skipped under data.on_bad_document=skip

@@ -107,12 +107,59 @@ def flat_params(cfg: DictConfig) -> dict[str, object]:
     return flat
 
 
-def log_run_context(logger, cfg: DictConfig) -> None:
-    """Params, full resolved config and package versions on the logger's MLflow run."""
+def log_run_context(logger, cfg: DictConfig, datasets: list[dict[str, str]] = ()) -> None:
+    """Params, full resolved config, package versions and the datasets read, on the logger's MLflow run;
+    the experiment is marked as model training (the MLflow 3 UI then opens it on its runs)."""
     logger.log_hyperparams(flat_params(cfg))
     client, run_id = logger.experiment, logger.run_id
+    client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     client.log_text(run_id, json.dumps(package_versions(), indent=2), "environment/versions.json")
+    if datasets:
+        log_dataset_inputs(client, run_id, datasets)
+
+
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def log_dataset_inputs(client, run_id: str, datasets: list[dict[str, str]]) -> None:
+    """Each dataset (``LMDataModule.dataset_description``) as an MLflow input: the UI's Dataset column."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for d in datasets:
+        if d["kind"] == "hub":
+            from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+            path, _, subset = d["source"].rpartition("/")
+            source = HuggingFaceDatasetSource(path=path, config_name=subset, split=d["split"])
+        else:
+            import warnings
+
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": the same class twice
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(Path(d["source"]).as_uri())
+        dataset = MetaDataset(source=source, name=d["name"], digest=d["digest"])
+        context = "training" if d["split"] == "train" else "evaluation"
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of a store is: the tracking server itself, or a local `mlflow ui` (port 5000)."""
+    uri = str(tracking_uri)
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the UI, and how to start the UI when the store is local."""
+    link = f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    if str(tracking_uri).startswith(("http://", "https://")):
+        return f"MLflow run: {link}"
+    return f"MLflow run: {link} (start the UI first: mlflow ui --backend-store-uri {tracking_uri})"
 
 
 def _choices(cfg: DictConfig) -> dict[str, str]:

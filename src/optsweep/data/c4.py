@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from optsweep.data.shardfile import shard_documents
 from optsweep.errors import UserError
 
+SOURCES = ("sample", "c4", "c4_local")  # data.source: the embedded corpus, C4 from the hub, C4 shards on disk
 SPLITS = {"train": 1024, "validation": 8}
 HUB_DATASET = "allenai/c4"
 HUB_SUBSET = "en"
@@ -48,19 +50,29 @@ class Shards:
 
     split: str
     names: list[str]
+    on_bad_document: str = "error"  # or "skip": a line that is not a JSON document is passed over
 
     def open(self, i: int) -> BinaryIO:
+        raise NotImplementedError
+
+    def location(self, i: int) -> str:
+        """Where shard ``i`` is, as error messages name it."""
         raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def lines(self, i: int, start: int = 0) -> Iterator[tuple[int, str | None]]:
+        """(line index, text) of shard ``i`` from line ``start`` on; text is None for a skipped bad line.
+        A shard that cannot be decompressed, or (unless skipping) a bad line, raises naming file and line."""
+        with self.open(i) as raw:
+            yield from shard_documents(raw, self.location(i), start, self.on_bad_document)
+
     def documents(self, i: int, start: int = 0) -> Iterator[str]:
         """The texts of shard ``i`` from line ``start`` on (gzip is not seekable: earlier lines are read)."""
-        with self.open(i) as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-            for n, line in enumerate(lines):
-                if n >= start:
-                    yield json.loads(line)["text"]
+        for _, text in self.lines(i, start):
+            if text is not None:
+                yield text
 
 
 class LocalShards(Shards):
@@ -94,6 +106,9 @@ class LocalShards(Shards):
     def open(self, i: int) -> BinaryIO:
         return open(self.folder / self.names[i], "rb")
 
+    def location(self, i: int) -> str:
+        return str(self.folder / self.names[i])
+
     def __repr__(self) -> str:
         return f"LocalShards('{self.folder}', {self.split}, {len(self.names)} shards)"
 
@@ -124,6 +139,9 @@ class HubShards(Shards):
 
             self._fs = HfFileSystem()
         return self._fs.open(f"datasets/{self.dataset}/{self.subset}/{self.names[i]}", "rb")
+
+    def location(self, i: int) -> str:
+        return f"hf://datasets/{self.dataset}/{self.subset}/{self.names[i]}"
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -184,17 +202,56 @@ def load_tokenizer(name_or_path: str, **kwargs):
     """A tokenizer from a local folder, else from the hub (or its local cache when the hub is away)."""
     from transformers import AutoTokenizer
 
-    if Path(name_or_path).expanduser().is_dir():
-        return AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), **kwargs)
+        except Exception as error:  # noqa: BLE001 - transformers and tokenizers raise many kinds
+            raise DataUnavailableError(_unreadable_tokenizer(folder, error, f"data.tokenizer={name_or_path}")) from None
     offline = hub_offline_by_env() or not (_hub_answered or hub_reachable())
     try:
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as error:
+        cached = _cached_tokenizer_folder(name_or_path)
+        if cached is not None and not isinstance(error, OSError):
+            raise DataUnavailableError(_unreadable_tokenizer(cached, error, f"the cached {name_or_path}")) from None
         where = "the hub cannot be reached and it is not in the local cache" if offline else str(error)
         raise DataUnavailableError(
             f"Tokenizer '{name_or_path}' cannot be loaded ({where}): set data.tokenizer to a local folder "
             f"holding its tokenizer files, or use data=sample"
         ) from None
+
+
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json", "config.json")
+
+
+def _unreadable_tokenizer(folder: Path, error: BaseException, what: str) -> str:
+    """One sentence naming the tokenizer file that cannot be parsed (or the folder, when none is to blame)."""
+    for name in TOKENIZER_JSON_FILES:
+        file = folder / name
+        if file.is_file():
+            try:
+                json.loads(file.read_bytes())
+            except (ValueError, UnicodeDecodeError) as bad:
+                return (f"Tokenizer file {file} ({what}) cannot be parsed (not JSON: {str(bad).splitlines()[0]}): "
+                        "restore it (copy or download the tokenizer again) or set data.tokenizer to another one")
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    return (f"Tokenizer folder {folder} ({what}) cannot be loaded ({reason}): restore its files (copy or "
+            "download the tokenizer again) or set data.tokenizer to another folder")
+
+
+def _cached_tokenizer_folder(name: str) -> Path | None:
+    """The hub cache's snapshot folder of ``name``, when it holds a tokenizer."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - installed with transformers
+        return None
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        found = try_to_load_from_cache(name, file)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
 
 
 def write_shard(path: str | os.PathLike, records: list[dict]) -> None:

@@ -41,21 +41,24 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from optsweep import metric_names
 from optsweep.data import rows as R
-from optsweep.data.c4 import DataUnavailableError, HubShards, LocalShards, Shards, load_tokenizer
+from optsweep.data.c4 import SOURCES, DataUnavailableError, HubShards, LocalShards, Shards, load_tokenizer
 from optsweep.data.sample import ensure_sample
+from optsweep.data.shardfile import check_on_bad_document
 from optsweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sample", "c4", "c4_local")
 _ENCODE_CHUNK = 64  # documents per tokenizer call: one call per document costs more; larger gains nothing
 
 
 def _fresh_position() -> dict:
     # epoch; the first document of the current block as (slot in this reader's shard list, line in that
-    # shard, documents of the pass before it); block number; next document in the block; next token in it
-    return {"epoch": 0, "slot": 0, "line": 0, "seen": 0, "block": 0, "doc": 0, "token": 0}
+    # shard, documents of the pass before it, bad lines this reader skipped before it); block number; next
+    # document in the block; next token in it; bad lines skipped up to the end of the current block
+    return {"epoch": 0, "slot": 0, "line": 0, "seen": 0, "skipped": 0, "block": 0, "doc": 0, "token": 0,
+            "skipped_through_block": 0}
 
 
 class TrainStream(IterableDataset):
@@ -104,35 +107,41 @@ class TrainStream(IterableDataset):
         return order
 
     def reader_documents(
-        self, epoch: int, reader: int, readers: int, slot: int = 0, line: int = 0, seen: int = 0
-    ) -> Iterator[tuple[str, tuple[int, int, int]]]:
-        """This reader's documents of one pass in file order, from a position; each with the position after it."""
+        self, epoch: int, reader: int, readers: int, slot: int = 0, line: int = 0, seen: int = 0,
+        skipped: int = 0,
+    ) -> Iterator[tuple[str, tuple[int, int, int, int]]]:
+        """This reader's documents of one pass in file order, from a position; each with the position after
+        it. A bad line skipped (``data.on_bad_document=skip``) counts for the reader whose turn it was, so
+        the readers' counts add up to the bad lines read."""
         order = self.shard_order(epoch)
         by_shard = len(order) >= readers
         mine = order[reader::readers] if by_shard else order
         for s in range(slot, len(mine)):
             first = line if s == slot else 0
-            for n, text in enumerate(self.shards.documents(mine[s], first), start=first):
-                if by_shard:
-                    yield text, (s, n + 1, 0)
+            for n, text in self.shards.lines(mine[s], first):
+                if text is None:
+                    skipped += by_shard or seen % readers == reader
+                elif by_shard:
+                    yield text, (s, n + 1, 0, skipped)
                 else:
                     seen += 1
                     if (seen - 1) % readers == reader:
-                        yield text, (s, n + 1, seen)
+                        yield text, (s, n + 1, seen, skipped)
 
     def documents(self, start: dict | None = None) -> Iterator[tuple[dict, str]]:
         """The endless shuffled document stream of this reader: (position of the document, text)."""
         reader, readers = self.reader()
         pos = dict(start or _fresh_position())
         epoch, block, doc = pos["epoch"], pos["block"], pos["doc"]
-        at = (pos["slot"], pos["line"], pos["seen"])
+        at = (pos["slot"], pos["line"], pos["seen"], pos["skipped"])
         while True:
             stream = self.reader_documents(epoch, reader, readers, *at)
             while items := list(itertools.islice(stream, self.block_size)):
                 order = list(range(len(items)))
                 if self.shuffle:
                     self._rng("block", epoch, reader, readers, block).shuffle(order)
-                here = {"epoch": epoch, "slot": at[0], "line": at[1], "seen": at[2], "block": block}
+                here = {"epoch": epoch, "slot": at[0], "line": at[1], "seen": at[2], "skipped": at[3],
+                        "block": block, "skipped_through_block": items[-1][1][3]}
                 for d in range(doc, len(items)):
                     yield {**here, "doc": d, "token": 0}, items[order[d]][0]
                 at, block, doc = items[-1][1], block + 1, 0
@@ -141,7 +150,7 @@ class TrainStream(IterableDataset):
                     f"{self.shards!r} gives reader {reader} of {readers} (ranks x dataloader workers) no "
                     f"document: use fewer data.num_workers or more shards"
                 )
-            epoch, at, block, doc = epoch + 1, (0, 0, 0), 0, 0
+            epoch, at, block, doc = epoch + 1, (0, 0, 0, at[3]), 0, 0
 
     # --- rows ----------------------------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ class TrainStream(IterableDataset):
                 f"dataloader workers) but is loaded by reader {reader} of {readers}: resume with the same "
                 f"number of devices and data.num_workers"
             )
-        self._start = {k: int(state[k]) for k in _fresh_position()}
+        self._start = {k: int(state.get(k, v)) for k, v in _fresh_position().items()}
         self._position = None
 
 
@@ -223,9 +232,19 @@ def validation_rows(
     """The first rows of the split (file order) holding >= ``val_tokens`` non-pad tokens, in a number
     divisible by ``world_size``; returns ids (rows x seq_len, int32), lengths and a summary."""
     rows: list[R.Row] = []
-    tokens = documents = 0
+    tokens = documents = skipped = 0
     leftover: list[int] = []
-    texts = (text for i in range(len(shards)) for text in shards.documents(i))
+
+    def read_texts() -> Iterator[str]:
+        nonlocal skipped
+        for i in range(len(shards)):
+            for _, text in shards.lines(i):
+                if text is None:
+                    skipped += 1
+                else:
+                    yield text
+
+    texts = read_texts()
     enough = False
     while not enough and (chunk := list(itertools.islice(texts, _ENCODE_CHUNK))):
         if row_format == "paper":
@@ -257,6 +276,8 @@ def validation_rows(
     # paper rows are one document each; for packed rows, the documents read
     summary = {"rows": len(rows), "tokens": int(lengths.sum()),
                "documents": len(rows) if row_format == "paper" else documents}
+    if skipped:  # data.on_bad_document=skip passed over bad lines
+        summary["skipped_bad_lines"] = skipped
     return ids, lengths, summary
 
 
@@ -324,6 +345,31 @@ class TrainLoader(StatefulDataLoader):
         super().load_state_dict(state_dict["ranks"][rank])
 
 
+def _stream_states(state) -> Iterator[dict]:
+    """The TrainStream positions inside a StatefulDataLoader state (one per worker, or the main process's)."""
+    if isinstance(state, dict):
+        if "reader" in state and "skipped_through_block" in state:
+            yield state
+            return
+        for value in state.values():
+            yield from _stream_states(value)
+
+
+class SkippedLinesMonitor(L.Callback):
+    """Logs ``data/bad_documents_skipped`` (summed over ranks) when the data skips bad lines."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % max(1, trainer.log_every_n_steps) or getattr(self, "_logged_at", None) == step:
+            return
+        self._logged_at = step
+        # every rank reads the whole validation split: count its bad lines once
+        count = torch.tensor(float(trainer.datamodule.bad_lines_skipped(trainer.is_global_zero)))
+        if trainer.world_size > 1:
+            count = trainer.strategy.reduce(count.to(pl_module.device), reduce_op="sum")
+        pl_module.log_metrics({metric_names.BAD_DOCUMENTS_SKIPPED: count})
+
+
 def _dist_rank_world() -> tuple[int, int] | None:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -348,6 +394,9 @@ class LMDataModule(L.LightningDataModule):
         seed: the train stream's shuffle seed.
         val_tokens: validation budget in non-pad tokens (the paper: ~10M).
         hub_dataset, hub_subset: the hub dataset for ``c4``.
+        on_bad_document: ``error`` (stop at a line that is not a JSON document, naming file and line) or
+            ``skip`` (pass over such lines and count them: ``bad_lines_skipped``). A shard that cannot be
+            decompressed always stops the run.
     """
 
     def __init__(
@@ -366,6 +415,7 @@ class LMDataModule(L.LightningDataModule):
         hub_dataset: str = "allenai/c4",
         hub_subset: str = "en",
         pin_memory: bool | None = None,
+        on_bad_document: str = "error",
     ):
         super().__init__()
         if source not in SOURCES:
@@ -375,6 +425,7 @@ class LMDataModule(L.LightningDataModule):
                 "data=c4_local needs the folder of the C4 shards: add data.path=/folder/with/c4-train.00000-of-01024.json.gz"
             )
         R.check_row_format(row_format)
+        self.on_bad_document = check_on_bad_document(on_bad_document)
         for name, value, least in (("seq_len", seq_len, 2), ("micro_batch_size", micro_batch_size, 1),
                                    ("num_workers", num_workers, 0), ("val_tokens", val_tokens, 1)):
             if not isinstance(value, int) or value < least:
@@ -434,10 +485,34 @@ class LMDataModule(L.LightningDataModule):
 
     def shards(self, split: str) -> Shards:
         if self.source == "sample":
-            return LocalShards(self._sample(), split)
-        if self.source == "c4_local":
-            return LocalShards(self.path, split)
-        return HubShards(split, self.hub_dataset, self.hub_subset)
+            found = LocalShards(self._sample(), split)
+        elif self.source == "c4_local":
+            found = LocalShards(self.path, split)
+        else:
+            found = HubShards(split, self.hub_dataset, self.hub_subset)
+        found.on_bad_document = self.on_bad_document
+        return found
+
+    def dataset_description(self, split: str) -> dict[str, str]:
+        """What MLflow records as the run's input: name, source (a folder or the hub's id), split, digest.
+        The digest covers the shard names and sizes (local) or the dataset id and shard names (hub)."""
+        shards = self.shards(split)
+        if isinstance(shards, HubShards):
+            source, identity = f"{self.hub_dataset}/{self.hub_subset}", list(shards.names)
+        else:
+            source = str(shards.folder)
+            identity = [(name, (shards.folder / name).stat().st_size) for name in shards.names]
+        digest = hashlib.sha256(repr((source, split, identity)).encode()).hexdigest()[:16]
+        return {"name": f"{self.source}-{split}", "kind": "hub" if isinstance(shards, HubShards) else "local",
+                "source": source, "split": split, "digest": digest, "shards": str(len(shards))}
+
+    def bad_lines_skipped(self, include_validation: bool = True) -> int:
+        """Bad lines this rank's train stream has skipped so far (all its dataloader workers, up to the end
+        of the shuffle block in use), plus those the validation set skipped; 0 unless skipping."""
+        total = (self.val_summary or {}).get("skipped_bad_lines", 0) if include_validation else 0
+        if self._train_loader is not None:
+            total += sum(s["skipped_through_block"] for s in _stream_states(self._train_loader._local_state()))
+        return total
 
     def prepare_data(self) -> None:
         """Build the sample (once per machine) or check that the data is there, failing early and clearly."""

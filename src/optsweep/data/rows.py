@@ -15,9 +15,12 @@ positions, so that the loss ignores padding (transformers shifts the labels itse
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 ROW_FORMATS = ("paper", "packed")
 IGNORE_INDEX = -100
@@ -58,6 +61,8 @@ def pack(documents: Sequence[Sequence[int]], seq_len: int) -> tuple[list[Row], l
 
 
 def collate(rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+    import torch  # here, so that the config checks can read ROW_FORMATS without importing torch
+
     ids = torch.from_numpy(np.stack([r[0] for r in rows])).long()
     lengths = torch.tensor([r[1] for r in rows], dtype=torch.long)
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()

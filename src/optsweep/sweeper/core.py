@@ -37,6 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from optsweep import services
 from optsweep.sweeper import context, guards, replicates
 from optsweep.sweeper._locks import sqlite_creation_lock
 from optsweep.sweeper.mlflow_parent import SweepRun
@@ -187,6 +188,9 @@ class OptunaSweep:
                         self.n_trials, math.prod(len(v) for v in self.grid.values()))
         pruner = instantiate(self.pruner_cfg)
         directions = self.direction if isinstance(self.direction, list) else [self.direction]
+        # an unreachable storage or tracking server: one sentence in seconds, before any trial
+        services.check_storage_url(self.storage_url)
+        services.check_tracking_uri(self.mlflow_cfg.get("tracking_uri"), "hydra.sweeper.mlflow.tracking_uri")
         storage = _storage(self.storage_url)
         study = _retrying(lambda: optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
@@ -348,8 +352,16 @@ class OptunaSweep:
                                   f"interrupted: {type(interrupt).__name__}")
                 raise
         stopped_by = None
+        unreachable = None
         for (trial, _), ret in zip(jobs, returns, strict=True):
             error = ret._return_value if ret.status == JobStatus.FAILED else None
+            error = services.tracking_server_lost(error) or error if error is not None else None
+            if isinstance(error, services.ServiceUnreachableError):
+                # the tracking server went away: not the trial's fault; it waits for the next run (and
+                # resumes from its checkpoints when it got far enough to write one)
+                self._requeue(study, study._storage.get_trial(trial._trial_id), f"tracking server: {error}")
+                unreachable = error
+                continue
             if isinstance(getattr(error, "signum", None), int):
                 # training stopped on SIGTERM/SIGINT (after saving its checkpoint): not a result; the trial
                 # waits for the next run of the command, which resumes it
@@ -361,6 +373,9 @@ class OptunaSweep:
             log.warning("sweep stopped by %s: run the same command again to continue it",
                         signal.Signals(stopped_by).name)
             raise SystemExit(128 + stopped_by)
+        if unreachable is not None:
+            raise services.ServiceUnreachableError(
+                f"{unreachable}; the sweep stopped (its unstarted trials wait): run the same command again to continue it")
         return list(raised.values())
 
     def _check_composes(self, overrides: list[str]) -> None:

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optsweep import metric_names, tracking
+from optsweep.data.datamodule import SkippedLinesMonitor
 from optsweep.models.llama import build_llama, count_parameters
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError
@@ -188,6 +189,8 @@ def train(cfg: DictConfig) -> float:
     loggers = build_loggers(cfg, trial=trial, resume_run_id=meta.get("mlflow_run_id"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
+    if datamodule.on_bad_document == "skip":
+        callbacks.append(SkippedLinesMonitor())
     if trial is not None:
         callbacks.append(trial.pruning_callback(monitor=metric_names.VAL_LOSS))
 
@@ -214,7 +217,8 @@ def train(cfg: DictConfig) -> float:
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
         if trainer.is_global_zero:
-            tracking.log_run_context(mlflow_logger, cfg)
+            tracking.log_run_context(mlflow_logger, cfg, [datamodule.dataset_description(split)
+                                                          for split in ("train", "validation")])
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
     log.info("model %s: %.2fM parameters", spec.name, num_params / 1e6)
@@ -238,6 +242,8 @@ def train(cfg: DictConfig) -> float:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     except DivergenceError as error:
         log.error("%s; objective +inf", error)
+        if mlflow_logger is not None and trainer.is_global_zero:
+            print(tracking.run_link(mlflow_logger._tracking_uri, mlflow_logger.experiment_id, mlflow_logger.run_id))
         if trial is not None:
             trial.failure_reason = str(error)
         return math.inf
@@ -247,6 +253,8 @@ def train(cfg: DictConfig) -> float:
             mlflow_logger.experiment.set_terminated(mlflow_logger.run_id, "KILLED")
         raise
 
+    if mlflow_logger is not None and trainer.is_global_zero:
+        print(tracking.run_link(mlflow_logger._tracking_uri, mlflow_logger.experiment_id, mlflow_logger.run_id))
     val_loss = trainer.callback_metrics.get(metric_names.VAL_LOSS)
     objective = float(val_loss) if val_loss is not None else math.nan
     if not math.isfinite(objective):

@@ -27,11 +27,14 @@ from collections.abc import Iterable
 from functools import cache, lru_cache
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from optsweep.errors import UserError, closest, one_line
-from optsweep.optim.registry import OPTIMIZERS, optimizer_class, optimizer_options
+
+# torch and the optimizer registry (which imports torch) are imported inside the checks that need them:
+# check_values refuses a bad number before those imports cost their seconds
+if typing.TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,13 @@ class ConfigError(UserError):
 
 
 # --- the whole config --------------------------------------------------------------------------------
+
+def check_values(cfg: DictConfig) -> None:
+    """The checks that need neither torch nor Lightning: run.py runs them before importing either."""
+    check_train(cfg)
+    check_data(cfg)
+    check_scheduler(cfg.get("scheduler"))
+
 
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked from the config alone, before data is read, a model allocated or a
@@ -223,7 +233,7 @@ def check_train(cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig) -> None:
-    from optsweep.data.datamodule import SOURCES
+    from optsweep.data.c4 import SOURCES
     from optsweep.data.rows import ROW_FORMATS
 
     data = cfg.data
@@ -333,11 +343,15 @@ def _usable_cpus() -> int:
 
 
 def _on_gpu(trainer: DictConfig) -> bool:
+    import torch
+
     accelerator = str(trainer.get("accelerator", "auto"))
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def check_devices(trainer: DictConfig) -> None:
+    import torch
+
     accelerator = str(trainer.get("accelerator", "auto"))
     devices = trainer.get("devices", 1)
     count = _device_count(devices)
@@ -394,6 +408,8 @@ def check_vocabulary(model_vocab: int | None, max_token_id: int, tokenizer_name:
 # --- optimizer ---------------------------------------------------------------------------------------
 
 def check_optimizer(opt: DictConfig) -> None:
+    from optsweep.optim.registry import OPTIMIZERS, optimizer_options
+
     name = opt.get("name")
     if name not in OPTIMIZERS:
         guess = closest(name, OPTIMIZERS)
@@ -449,6 +465,8 @@ def check_optimizer(opt: DictConfig) -> None:
 
 @cache
 def _option_defaults(name: str) -> dict:
+    from optsweep.optim.registry import optimizer_class
+
     signature = inspect.signature(optimizer_class(name).for_model)
     return {p: v.default for p, v in signature.parameters.items()
             if p not in ("cls", "model") and v.default is not inspect.Parameter.empty}
@@ -458,6 +476,8 @@ def _option_defaults(name: str) -> dict:
 def _option_types(name: str) -> dict:
     """A value of each option's type: its default, or for a ``None`` default one of the type its annotation
     names (``fused: bool | None = None`` -> False); None where the type is not that simple."""
+    from optsweep.optim.registry import optimizer_class
+
     stand_ins = {"bool": False, "int": 0, "float": 0.0, "str": ""}
     types = {}
     for p, v in inspect.signature(optimizer_class(name).for_model).parameters.items():
@@ -495,6 +515,8 @@ def _check_option_type(name: str, key: str, value, default, example_default) -> 
 
 def check_optimizer_builds(opt: DictConfig, model: torch.nn.Module | None) -> None:
     """Build the optimizer on the model's shapes (meta device): its constructor's checks fail here, now."""
+    from optsweep.optim.registry import optimizer_options
+
     if model is None:
         return
     from hydra.utils import instantiate
@@ -577,6 +599,8 @@ def _bytes_per_parameter(precision) -> int:
 def check_memory(cfg: DictConfig, model: torch.nn.Module | None) -> None:
     """Refuse a model whose weights and gradients alone exceed the memory it would train in (a lower bound:
     optimizer states and activations come on top); warn when Adam-like states would not fit either."""
+    import torch
+
     if model is None:
         return
     trainer = cfg.trainer
