@@ -27,6 +27,9 @@ OPTIMIZERS: dict[str, str] = {
     "swan": "optsweep.optim.swan:SWAN",
     "apollo": "optsweep.optim.apollo:APOLLO",
     "apollo_mini": "optsweep.optim.apollo:APOLLOMini",
+    "adam_mini": "optsweep.optim.adam_mini:AdamMini",
+    "soap": "optsweep.optim.soap:SOAP",
+    "normuon": "optsweep.optim.normuon:NorMuon",
 }
 
 
