@@ -113,10 +113,15 @@ def eigenbasis(factor: Tensor) -> Tensor:
 
 
 def refresh_eigenbasis(factor: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-    """One power iteration and a QR step on the sorted basis: (new Q, the sort order of the old columns)."""
+    """One power iteration and a QR step on the sorted basis: (new Q, the sort order of the old columns).
+
+    L Q is computed once and serves both the eigenvalue estimates diag(Q^T L Q) = colsum(Q * L Q) and the
+    power iteration L Q[:, order] (the released code multiplies three times: at a 4096-token vocabulary
+    that is most of a step's time)."""
     matrix, basis = factor.float(), q.float()
-    order = torch.argsort(torch.diag(basis.T @ matrix @ basis), descending=True)
-    new_q, _ = torch.linalg.qr(matrix @ basis[:, order])
+    power = matrix @ basis
+    order = torch.argsort((basis * power).sum(dim=0), descending=True)
+    new_q, _ = torch.linalg.qr(power[:, order])
     return new_q.to(q.dtype), order
 
 
