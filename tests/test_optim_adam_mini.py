@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from _optim_checks import SPEC, backward, bf16_state_dtypes, golden_runs, replay, resumes_exactly, tiny_model
+
 from optsweep.models.llama import build_llama
 from optsweep.optim.adam_mini import AdamMini
 from optsweep.optim.registry import build_optimizer

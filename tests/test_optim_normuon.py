@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from _optim_checks import SPEC, backward, bf16_state_dtypes, golden_runs, replay, resumes_exactly, tiny_model
+
 from optsweep.models.llama import build_llama
 from optsweep.optim.newton_schulz import orthogonalize
 from optsweep.optim.normuon import NorMuon, neuron_normalize, normuon_update

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _optim_checks import SPEC, backward, bf16_state_dtypes, golden_runs, replay, resumes_exactly, tiny_model
-from optsweep.models.llama import ModelSpec, build_llama
+
+from optsweep.models.llama import build_llama
 from optsweep.optim.registry import build_optimizer
 from optsweep.optim.soap import SOAP, project, project_back
 from optsweep.report import memory
