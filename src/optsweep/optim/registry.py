@@ -30,6 +30,9 @@ OPTIMIZERS: dict[str, str] = {
     "adafactor": "optsweep.optim.adafactor:Adafactor",
     "lion": "optsweep.optim.lion:Lion",
     "ademamix": "optsweep.optim.ademamix:AdEMAMix",
+    "adam_mini": "optsweep.optim.adam_mini:AdamMini",
+    "soap": "optsweep.optim.soap:SOAP",
+    "normuon": "optsweep.optim.normuon:NorMuon",
 }
 
 
