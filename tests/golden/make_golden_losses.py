@@ -43,11 +43,18 @@ OVERRIDES: dict[str, dict] = {
     "scale": {"lr": 1e-2},
     "stable_spam": {"lr": 3e-3, "update_proj_gap": 4},  # MoRet resets on steps 4 and 8
     "muon": {"adamw_lr": 3e-3},
-    "galore": {"rank": 8, "update_proj_gap": 4},  # SVD refreshes on steps 1, 5, 9
-    "fira": {"rank": 8, "update_proj_gap": 4},
+    # SVD / random-projection refreshes on steps 1, 5, 9; a non-zero decay so a dropped decay shows
+    "galore": {"rank": 8, "update_proj_gap": 4, "weight_decay": 0.1},
+    "fira": {"rank": 8, "update_proj_gap": 4, "weight_decay": 0.1},
     "swan": {"lr": 3e-3},
-    "apollo": {"rank": 8, "update_proj_gap": 4},
-    "apollo_mini": {"update_proj_gap": 4},
+    "apollo": {"rank": 8, "update_proj_gap": 4, "weight_decay": 0.1},
+    "apollo_mini": {"update_proj_gap": 4, "weight_decay": 0.1},
+    "lion": {"lr": 3e-3, "weight_decay": 0.1},
+    "ademamix": {"lr": 3e-3},
+    "adafactor": {"lr": 0.1, "weight_decay": 0.1},  # rho = min(lr, 1/sqrt(t)) times the weights' RMS (0.02)
+    "adam_mini": {"lr": 3e-3},
+    "soap": {"precondition_frequency": 3},  # eigenbasis refreshes within the ten steps
+    "normuon": {"adamw_lr": 3e-3},
 }
 
 
