@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial, TrialState
 
@@ -461,10 +462,13 @@ def test_sweeps_tune_or_tie_every_learning_rate(sweep):
             assert tied or (entry is not None and entry.distribution is not None), (sweep, name, key)
 
 
-def test_ready_sweeps_cover_every_baseline():
-    baselines = {"adamw", "adam", "sgd", "stable_spam", "muon", "galore", "fira", "swan", "apollo", "apollo_mini"}
-    assert {f"lr_{b}" for b in baselines} <= set(SWEEPS)
+def test_ready_sweeps_cover_every_optimizer():
+    """Every optimizer config has its lr sweep and is a choice of all_optimizers (a new one is enrolled)."""
+    optimizers = {path.stem for path in (REPO / "conf" / "optimizer").glob("*.yaml")}
+    assert {f"lr_{name}" for name in optimizers - {"scale"}} <= set(SWEEPS)
     assert {"scale_lr_momentum", "scale_normalization_ablation", "all_optimizers"} <= set(SWEEPS)
+    variants = OmegaConf.load(REPO / "sweeps" / "sweep" / "all_optimizers.yaml").hydra.sweeper.variants
+    assert {v.optimizer for v in variants.values()} == optimizers
 
 
 @pytest.mark.slow
