@@ -27,14 +27,16 @@ def golden_runs(name: str) -> dict:
 
 def replay(name: str, run: dict, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Train our optimizer exactly as the golden run was trained; the largest differences, by quantity."""
+    spec = ModelSpec(**run["model"]) if "model" in run else SPEC
+    rows, seq_len = run.get("batch", (4, 16))
     torch.manual_seed(0)
-    model = build_llama(SPEC).to(dtype)
+    model = build_llama(spec).to(dtype)
     initial = sum(p.double().abs().sum().item() for p in model.parameters())
     assert abs(initial - run["initial_abs_sum"]) <= 1e-9 * initial, "not the golden run's starting weights"
     optimizer = build_optimizer(model, name, **run["our_options"])
     losses = []
     for step in range(len(run["losses"])):
-        x = torch.randint(0, SPEC.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1000 + step))
+        x = torch.randint(0, spec.vocab_size, (rows, seq_len), generator=torch.Generator().manual_seed(1000 + step))
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         losses.append(loss.item())
@@ -45,7 +47,7 @@ def replay(name: str, run: dict, dtype: torch.dtype = torch.float32) -> dict[str
     worst = {"loss": max(abs(a - b) for a, b in zip(losses, run["losses"])), "entry": 0.0, "sum": 0.0,
              "moved": 0.0}
     torch.manual_seed(0)
-    start = dict(build_llama(SPEC).to(dtype).named_parameters())
+    start = dict(build_llama(spec).to(dtype).named_parameters())
     for n, p in params.items():
         ref = run["params"][n]
         head = p.detach().double().flatten()[: len(ref["head"])]

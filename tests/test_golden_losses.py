@@ -20,6 +20,9 @@ from optsweep.optim.registry import OPTIMIZERS
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "losses.json").read_text())
 RELATIVE_TOLERANCE = 1e-5
+# Muon and NorMuon orthogonalise in bf16, and CPUs round bf16 matmuls differently: on two x86 machines their
+# losses part by up to 5e-5 while every fp32 optimizer agrees to 1e-6.
+TOLERANCE = {"muon": 2e-4, "normuon": 2e-4}
 
 _spec = importlib.util.spec_from_file_location("make_golden_losses", GOLDEN_DIR / "make_golden_losses.py")
 make_golden = importlib.util.module_from_spec(_spec)
@@ -60,6 +63,6 @@ def test_losses_match_golden(name):
     losses = make_golden.golden_losses(name)
     worst = max(abs(a - b) / abs(b) for a, b in zip(losses, expected))
     assert all(math.isfinite(x) for x in losses)
-    assert worst <= RELATIVE_TOLERANCE, (
+    assert worst <= TOLERANCE.get(name, RELATIVE_TOLERANCE), (
         f"{name}: per-step losses moved by up to {worst:.1e} relative\n  now    {losses}\n  golden {expected}\n"
         f"if the change is intended, regenerate with `{make_golden.COMMAND}` and say why in the commit")

@@ -1,6 +1,6 @@
-"""SOAP: bit parity with the official optimizer (nikhilvyas/SOAP) over 12 fp32 steps, the eigenbasis it
-rotates into, the skipped first step, which sides get a factor, state size, checkpoint round trip, bf16,
-meta device and FSDP2."""
+"""SOAP: parity with the official optimizer (nikhilvyas/SOAP) over 12 fp32 steps (bit-identical on the CPU
+that made the goldens), the eigenbasis it rotates into, the skipped first step, which sides get a factor, state
+size, checkpoint round trip, bf16, meta device and FSDP2."""
 
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ def _one_thread():
 
 @pytest.mark.parametrize("key", ["default", "one_sided"])
 def test_parity_with_official_soap(key):
-    """default: every side rotated, eigenbases refreshed every 3 steps; one_sided: max_precond_dim 64 leaves
-    the 97-token side of the embedding and lm_head unrotated, shampoo_beta 0.9 apart from betas[1]."""
+    """default: every side of a square model rotated, eigenbases refreshed every 3 steps; one_sided:
+    max_precond_dim 40 leaves the 48-wide side of the MLP unrotated, shampoo_beta 0.9 apart from betas[1].
+    Every rotated factor is full rank (see tests/golden/make_soap_official.py), so the eigenbases are unique
+    and the runs agree on any CPU."""
     worst = replay("soap", golden_runs("soap")[key])
     print(f"soap {key}: max |loss diff| {worst['loss']:.1e}, max |weight diff| {worst['entry']:.1e}, "
           f"weights moved up to {worst['moved']:.2f}")
     assert worst["moved"] > 1e-2
-    assert worst["loss"] == 0.0 and worst["entry"] == 0.0 and worst["sum"] == 0.0
+    # bit-identical where the goldens were made; another CPU's eigensolver may round differently
+    assert worst["loss"] <= 1e-5 and worst["entry"] <= 1e-5 and worst["sum"] <= 1e-6
 
 
 def test_first_step_builds_the_eigenbasis_and_leaves_the_weights():

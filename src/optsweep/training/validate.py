@@ -74,6 +74,7 @@ def check_values(cfg: DictConfig) -> None:
     check_train(cfg)
     check_data(cfg)
     check_scheduler(cfg.get("scheduler"))
+    check_optimizer_values(cfg.optimizer)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -430,7 +431,26 @@ def check_optimizer(opt: DictConfig) -> None:
     defaults, types = _option_defaults(name), _option_types(name)
     for key in sorted(given):
         _check_option_type(name, key, opt.get(key), types.get(key), defaults.get(key))
-    for key in sorted(given):
+    check_optimizer_ranges(opt, sorted(given), defaults)
+
+
+def check_optimizer_values(opt: DictConfig) -> None:
+    """The range checks of ``check_optimizer`` on the options the optimizer's yaml declares: they need no
+    torch, so run.py refuses ``optimizer.lr=-1`` in a second instead of after the heavy imports."""
+    path = _CONF_DIR / "optimizer" / f"{opt.get('name')}.yaml"
+    if not path.is_file():
+        return  # an optimizer outside conf/: check_optimizer checks it after the imports
+    declared = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    keys = sorted(k for k in opt if k in declared and not str(k).startswith("_") and k != "name")
+    for key in keys:
+        if isinstance(declared[key], (float, list)):  # a number or a list: its type is not in doubt
+            _check_option_type(opt.get("name"), key, opt.get(key), declared[key], declared[key])
+    check_optimizer_ranges(opt, keys, declared)
+
+
+def check_optimizer_ranges(opt: DictConfig, keys: Iterable[str], defaults: dict) -> None:
+    """Each named option within its range (lr and eps positive, betas in [0, 1), ...); a default is the fix shown."""
+    for key in keys:
         value = opt.get(key)
         if value is None:
             continue
