@@ -302,3 +302,11 @@ def test_figures_keep_legends_outside_nothing_clipped_and_scales_fixed(monkeypat
         renderer = figure.canvas.get_renderer()
         legend = ax.get_legend().get_window_extent(renderer)
         assert legend.x0 >= ax.get_window_extent(renderer).x1  # right of the axes: it hides no curve
+
+
+def test_default_store_and_output_follow_project_root(monkeypatch, tmp_path, capsys):
+    """run.py writes to $PROJECT_ROOT/outputs when it is set; the report reads and writes there too."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    assert main(["compare"]) == 2
+    assert f"no MLflow store at {tmp_path / 'outputs' / 'mlflow.db'}" in capsys.readouterr().err

@@ -11,6 +11,7 @@ imports: each subcommand imports what it needs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -23,3 +24,8 @@ def repo_root() -> Path:
             if (folder / "pyproject.toml").is_file():
                 return folder
     return Path.cwd()
+
+
+def project_root() -> Path:
+    """Where training writes ``outputs/``: ``$PROJECT_ROOT`` when set (as run.py honours it), else the repo."""
+    return Path(os.environ["PROJECT_ROOT"]) if os.environ.get("PROJECT_ROOT") else repo_root()

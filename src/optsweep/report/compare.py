@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ppl", choices=("token", "paper"), default="token",
                         help="perplexity on the Pareto plot: token-weighted (val/ppl) or the paper's estimator")
     parser.add_argument("--tracking-uri",
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/outputs/mlflow.db)")
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$PROJECT_ROOT or <repo>/outputs/mlflow.db)")
     parser.add_argument("--out", help="output folder (default: <repo>/outputs/reports/<timestamp>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no PNGs)")
@@ -148,7 +148,7 @@ def build_report(tracking_uri: str | None = None, experiments: Sequence[str] | N
     to_target = cells_module.to_target(summaries, target, baseline) if target is not None else []
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out) if out else queries.repo_root() / "outputs" / "reports" / stamp
+    out = Path(out) if out else queries.project_root() / "outputs" / "reports" / stamp
     out.mkdir(parents=True, exist_ok=True)
     experiments_seen = sorted({r.experiment for s in summaries for r in s.cell.runs})
     title = ", ".join(experiments_seen) + (f" ({', '.join(f'{k}={v}' for k, v in tags.items())})" if tags else "")

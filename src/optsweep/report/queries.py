@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optsweep.report import repo_root
+from optsweep.report import project_root, repo_root
 
 SUMMARY_TAG = "optsweep.summary"  # a report's own run: never a training run to compare
 REPLICATE_TAG = "optsweep.replicate"  # a sweep's winner rerun on a new seed (sweeper's replicates)
@@ -21,8 +21,8 @@ DEFAULT_STATUSES = ("FINISHED",)
 
 
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the store training writes to: ``sqlite:///<repo>/outputs/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'outputs' / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else the store training writes to: ``sqlite:///<project root>/outputs/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'outputs' / 'mlflow.db'}"
 
 
 @dataclass
