@@ -259,7 +259,8 @@ def test_run_on_a_real_tracking_server_then_without_it(mlflow_server, tmp_path):
     assert [t.value for t in inputs["sample-train"].tags] == ["training"]
     assert str(tmp_path.parent / "shared-data" / "sample") in inputs["sample-train"].dataset.source
 
-    link = f"MLflow run: {uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    link = (f"MLflow run: {uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+            "?workflowType=machine_learning")
     assert link in result.stdout.splitlines()
     output = result.stdout + result.stderr
     assert "View run" not in output  # MLflow's own links (two per run) give way to ours

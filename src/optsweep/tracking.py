@@ -154,9 +154,19 @@ def ui_base(tracking_uri: str) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
+# MLflow 3 shows an experiment as GenAI (traces, token usage) unless the URL asks for the model-training view;
+# the experiment's mlflow.experimentKind tag alone does not switch a fresh browser (3.17, headless Chromium).
+ML_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_link(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the UI."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}{ML_VIEW}"
+
+
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the UI, and how to start the UI when the store is local."""
-    link = f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    link = f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{ML_VIEW}"
     if str(tracking_uri).startswith(("http://", "https://")):
         return f"MLflow run: {link}"
     return f"MLflow run: {link} (start the UI first: mlflow ui --backend-store-uri {tracking_uri})"
