@@ -35,6 +35,13 @@ OPTIMIZER_COLOURS = {
     "apollo": "#bcbd22",
     "apollo_mini": "#808000",
     "sgd": "#7f7f7f",
+    # chosen greedily, each as far as possible (>= 0.43 in RGB) from every colour above
+    "lion": "#000000",
+    "adafactor": "#0000ff",
+    "adam_mini": "#ff00ff",
+    "ademamix": "#000080",
+    "soap": "#00ff00",
+    "normuon": "#ff1493",
 }
 # For names outside the map (ablation variants, new optimizers): candidates tried from a stable hash of the
 # name; one too close to a colour already in the figure is skipped, so no two methods look alike.
