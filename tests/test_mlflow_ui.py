@@ -80,7 +80,7 @@ def rendered_text(url: str, screenshot: Path | None = None) -> str:
         subprocess.run([*args, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
     html = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120,
                           check=True).stdout
-    html = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", html, flags=re.S)
+    html = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", html, flags=re.DOTALL)
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 

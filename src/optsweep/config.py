@@ -6,7 +6,6 @@ import os
 
 from omegaconf import OmegaConf
 
-
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")  # NVIDIA's driver, ROCm's
 
 

@@ -32,16 +32,16 @@ from optsweep.models.llama import ModelSpec, build_llama
 STEPS, ROWS, SEQ_LEN = 12, 8, 64
 COMMIT = "a1e553530fde97d0e6b307d7c82ac6d38b072340"
 MODELS = {
-    "square": dict(name="t", hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-                   vocab_size=32),
-    "wide_mlp": dict(name="t", hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=32),
+    "square": {"name": "t", "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "vocab_size": 32},
+    "wide_mlp": {"name": "t", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "vocab_size": 32},
 }
 # key: (model, the official call's keyword arguments); ours take the same names
 RUNS = {
-    "default": ("square", dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=3)),
-    "one_sided": ("wide_mlp", dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=3,
-                                   max_precond_dim=40, shampoo_beta=0.9)),
+    "default": ("square", {"lr": 3e-3, "betas": (0.95, 0.95), "weight_decay": 0.01, "precondition_frequency": 3}),
+    "one_sided": ("wide_mlp", {"lr": 3e-3, "betas": (0.95, 0.95), "weight_decay": 0.01,
+                               "precondition_frequency": 3, "max_precond_dim": 40, "shampoo_beta": 0.9}),
 }
 
 

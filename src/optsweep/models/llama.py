@@ -6,6 +6,7 @@ init std 0.02, untied input and output embeddings, vocab 32000 (t5-base's text v
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,10 +29,6 @@ class ModelSpec:
     initializer_range: float = 0.02
     rope_theta: float = 10000.0
     attn_implementation: str = "sdpa"
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 def llama_config(spec: ModelSpec, vocab_size: int | None = None, pad_token_id: int | None = None) -> LlamaConfig:
@@ -66,7 +63,7 @@ def build_llama(
 ) -> LlamaForCausalLM:
     """A freshly initialised model (``device="meta"`` builds the shapes without allocating memory)."""
     config = llama_config(spec, vocab_size=vocab_size, pad_token_id=pad_token_id)
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = LlamaForCausalLM(config)
     return model
 
@@ -94,11 +91,3 @@ def flops_per_token(model: LlamaForCausalLM, seq_len: int) -> float:
     matmul_weights = sum(p.numel() for p in model.parameters() if p.dim() == 2) - embedding_parameters(model)
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
     return float(6 * matmul_weights + attention)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -50,25 +50,3 @@ def adamw_(
         torch._foreach_add_(denom, eps)
         step_size = lr / bias_correction1
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
-
-
-def adam_direction(
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    step: int,
-    beta1: float,
-    beta2: float,
-    eps: float,
-) -> torch.Tensor:
-    """Update the moments in place and return Adam's bias-corrected direction m_hat / (sqrt(v_hat) + eps).
-
-    The low-rank methods (GaLore, Fira, APOLLO) apply Adam in a projected space and need the direction
-    itself rather than an applied step.
-    """
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
-    return (exp_avg / bias_correction1) / denom

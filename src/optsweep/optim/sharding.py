@@ -1,11 +1,10 @@
 """What optimizers need to stay correct when FSDP2 shards their parameters.
 
 Under FSDP2 a parameter and its gradient are DTensors sharded on dim 0 (rows), possibly unevenly. Two kinds
-of optimizer math need care (../shared/docs/platform-notes.md):
+of optimizer math need care:
 
 - a statistic over the sharded dim (SCALE's RMS over the vocabulary of the embedding): local sum of
-  squares, all_reduce(SUM) over the mesh group, divide by the GLOBAL size - see ``sum_of_squares`` (or
-  ``all_reduce_sharded`` to finish a local sum computed some other way);
+  squares, all_reduce(SUM) over the mesh group, divide by the GLOBAL size - see ``all_reduce_sharded``;
 - whole-matrix methods (Muon, GaLore, Fira, APOLLO, SWAN): gather the full matrix, compute the update on
   it, keep this rank's rows - see ``full_tensor`` and ``keep_local``. Every rank computes the same full
   update (same gradient, same seeded projections), so keeping rows needs no communication.
@@ -74,15 +73,3 @@ def all_reduce_sharded(sums: torch.Tensor, tensor: torch.Tensor, dim: int | Sequ
         if isinstance(placement, Shard) and placement.dim in reduced:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=tensor.device_mesh.get_group(mesh_dim))
     return sums
-
-
-def sum_of_squares(tensor: torch.Tensor, dim: int | Sequence[int]) -> torch.Tensor:
-    """Sum of squares along ``dim`` (keepdim, fp32) of a plain tensor or of a DTensor's full matrix.
-
-    Returns a plain tensor shaped like this rank's local shard with ``dim`` reduced to 1. When ``dim`` is
-    sharded, the local sums are all-reduced over the mesh so every rank sees the global sum. ``dim`` may
-    also be a tuple of dims.
-    """
-    shard = local(tensor)
-    sums = shard.float().square().sum(dim=dim, keepdim=True)
-    return all_reduce_sharded(sums, tensor, dim)

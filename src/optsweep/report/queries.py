@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optsweep.report import project_root, repo_root
+from optsweep.report import project_root
 
 SUMMARY_TAG = "optsweep.summary"  # a report's own run: never a training run to compare
 REPLICATE_TAG = "optsweep.replicate"  # a sweep's winner rerun on a new seed (sweeper's replicates)
