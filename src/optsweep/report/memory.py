@@ -9,7 +9,7 @@ layer (they all have the same shapes; ``full_depth`` steps the whole model, same
 ``MetaModels``). Three numbers are then shown side by side:
 
 - ``measured``: weights + every state tensor the optimizer actually holds;
-- ``paper rule``: the paper's own accounting (docs/paper-facts.md) applied to the same model's real
+- ``paper rule``: the paper's own accounting (its memory paragraph: weights and states in bf16) applied to the same model's real
   parameter split (``optsweep.optim.groups``) and the run's hyperparameters (e.g. the projection rank);
 - ``paper``: the published number.
 
@@ -41,7 +41,7 @@ GB = 1e9
 PAPER_SOURCE = (
     "Glentis, Li, Han, Hong, 'A Minimalist Optimizer Design for LLM Pretraining', arXiv 2506.16659 (v2): "
     "the main comparison table (LLaMA 60M-1B on C4, model + optimizer memory in parentheses) and the 7B "
-    "table; transcribed in docs/paper-facts.md"
+    "table"
 )
 PAPER_MODELS = ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b")
 
@@ -68,7 +68,7 @@ PAPER_MEMORY_GB: dict[str, dict[str, float]] = {
 # The paper's "Adam" is torch Adam with weight decay 0; AdamW keeps exactly the same two moments.
 PAPER_MEMORY_GB["adamw"] = PAPER_MEMORY_GB["adam"]
 
-# Why a cell can differ from the paper (docs/paper-facts.md, "How the memory column is computed").
+# Why a cell can differ from the paper's printed number.
 _ROUNDING = (
     "the paper's rounding: 3 x params x 2 bytes is 0.8046 GB at 130M and 8.0345 GB at 1B, printed "
     "0.81 and 8.04"
@@ -420,7 +420,7 @@ def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
 
 
 def paper_rule_elements(name: str, split: ParamSplit, hparams: dict) -> int | None:
-    """Optimizer-state elements as the paper counts them (docs/paper-facts.md), and for the methods it does not
+    """Optimizer-state elements as the paper counts them, and for the methods it does not
     compare, the state their definition keeps; None where there is no rule."""
     everything = sum(split.numel(role) for role in ("hidden", "embedding", "output", "vector"))
     outside_hidden = split.numel("embedding") + split.numel("output") + split.numel("vector")
