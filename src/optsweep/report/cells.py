@@ -299,6 +299,26 @@ class Fairness:
     seeds: int  # seeds behind the reported interval
     best_lr: float | None
     best_on_edge: bool  # the chosen lr is the smallest or largest tried: the optimum may lie outside
+    # every other optimizer value the search varied (a second lr, a momentum) whose best is at an end
+    other_edges: tuple[str, ...] = ()
+
+
+def _numeric(value: str | None) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def tuned_values(runs: Sequence[RunRecord]) -> dict[str, list[float]]:
+    """Each numeric ``optimizer.*`` param other than the lr that the runs set to more than one value: the
+    sorted values tried."""
+    values: dict[str, set[float]] = {}
+    for run in runs:
+        for key, value in run.params.items():
+            if key.startswith("optimizer.") and key != "optimizer.lr" and _numeric(value) is not None:
+                values.setdefault(key, set()).add(_numeric(value))
+    return {key: sorted(v) for key, v in values.items() if len(v) > 1}
 
 
 def fairness(cells: Sequence[Cell], selected: Sequence[Summary]) -> list[Fairness]:
@@ -308,11 +328,16 @@ def fairness(cells: Sequence[Cell], selected: Sequence[Summary]) -> list[Fairnes
         runs = [r for c in group for r in c.runs if not r.is_replicate]
         lrs = sorted({r.lr for r in runs if r.lr is not None})
         best = s.cell.lr
+        chosen = s.cell.runs[0].params
+        other_edges = tuple(
+            f"{key}={_numeric(chosen.get(key)):.3g} ({'smallest' if _numeric(chosen.get(key)) == tried[0] else 'largest'}"
+            f" of {len(tried)})"
+            for key, tried in sorted(tuned_values(runs).items()) if _numeric(chosen.get(key)) in (tried[0], tried[-1]))
         rows.append(Fairness(
             s.method, s.model, trials=len([r for r in runs if r.status in ("FINISHED", "FAILED")]),
             configs=len(group), lr_low=lrs[0] if lrs else None, lr_high=lrs[-1] if lrs else None,
             distinct_lrs=len(lrs), seeds=s.loss.n if s.loss else 0, best_lr=best,
-            best_on_edge=len(lrs) > 1 and best in (lrs[0], lrs[-1])))
+            best_on_edge=len(lrs) > 1 and best in (lrs[0], lrs[-1]), other_edges=other_edges))
     return rows
 
 

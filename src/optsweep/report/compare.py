@@ -244,7 +244,8 @@ def _markdown(title, tracking_uri, experiments_seen, tags, models, optimizers, s
               "(exact order statistics; a diverged trial counts as +inf; replicates are not trials)."), "",
               tables.budget_markdown(budget), "",
               "## Fairness", "",
-              ("Equal budgets and the lr range searched; a best lr on the edge of the range means the optimum "
+              ("Equal budgets and the lr range searched; a best lr (or another optimizer value the search varied, "
+               "such as a second lr) on the edge of the range means the optimum "
               "may lie outside it."), "", tables.fairness_markdown(fairness), ""]
     for path in plot_files:
         lines += [f"![{path.stem}]({path.name})", ""]

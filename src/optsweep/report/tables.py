@@ -165,12 +165,12 @@ def budget_markdown(rows: Sequence[Budget]) -> str:
 
 
 FAIRNESS_COLUMNS = ("method", "model", "trials", "configs", "lr_low", "lr_high", "distinct_lrs", "seeds",
-                    "best_lr", "best_lr_on_edge")
+                    "best_lr", "best_lr_on_edge", "other_values_on_edge")
 
 
 def fairness_rows(rows: Sequence[Fairness]) -> list[list[object]]:
     return [[r.method, r.model, r.trials, r.configs, r.lr_low, r.lr_high, r.distinct_lrs, r.seeds, r.best_lr,
-             r.best_on_edge] for r in rows]
+             r.best_on_edge, "; ".join(r.other_edges)] for r in rows]
 
 
 def fairness_markdown(rows: Sequence[Fairness]) -> str:
@@ -181,10 +181,11 @@ def fairness_markdown(rows: Sequence[Fairness]) -> str:
 
     return markdown(
         ["method", "model", "trials", "configs", "lr searched", "lrs", "seeds behind the CI", "best lr",
-         "best lr on the edge"],
+         "best lr on the edge", "other tuned values on the edge"],
         [[r.method, r.model, str(r.trials), str(r.configs),
           "—" if r.lr_low is None else f"[{r.lr_low:.3g}, {r.lr_high:.3g}]", str(r.distinct_lrs), str(r.seeds),
-          fmt(r.best_lr, ".3g"), edge(r)] for r in rows])
+          fmt(r.best_lr, ".3g"), edge(r),
+          "**" + "; ".join(r.other_edges) + "**: widen" if r.other_edges else "no"] for r in rows])
 
 
 TARGET_COLUMNS = ("method", "model", "target_loss", "seeds_reached", "seeds", "tokens", "steps", "flops",
