@@ -19,12 +19,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _inject import ROOT
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.config import register_resolvers
 from optsweep.data.datamodule import LMDataModule
 from optsweep.data.sample import ensure_sample
 from optsweep.errors import UserError, explain
@@ -37,9 +36,7 @@ QUICK = ["experiment=quickstart", "train.max_steps=2", "train.warmup_steps=0"]
 
 
 def composed(*overrides: str) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*QUICK, *overrides])
+    return compose_config(*QUICK, *overrides)
 
 
 @pytest.fixture

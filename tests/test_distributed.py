@@ -167,7 +167,8 @@ def held_as_saved(ckpt, held: list[dict]) -> dict[str, set]:
     return kinds
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "scale", "muon", "galore"])
+# Muon's and every other optimizer's sharded resume: test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint
+@pytest.mark.parametrize("optimizer", ["adamw", "scale", "galore"])
 def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus, optimizer):
     ckpt, logged, held = resume(corpus, "ddp", "fsdp", optimizer)
     _, ddp = curves(corpus, "ddp", optimizer)
@@ -182,14 +183,14 @@ def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus, optimizer):
     assert ("exp_avg" if optimizer != "scale" else "momentum_buffer", 2) in kinds["shard"], kinds
 
 
-@pytest.mark.parametrize("target", ["ddp", "fsdp"])
-def test_fsdp2_full_checkpoint_resumes(corpus, target):
-    ckpt, logged, held = resume(corpus, "fsdp", target, "adamw")
+def test_fsdp2_full_checkpoint_resumes_under_ddp(corpus):
+    """The way back: an FSDP2 full file resumes under DDP (a full file into FSDP2 is the test above)."""
+    ckpt, logged, held = resume(corpus, "fsdp", "ddp", "adamw")
     _, fsdp = curves(corpus, "fsdp", "adamw")
     worst = same_as_uninterrupted(logged, fsdp, TOL_FSDP)
-    print(f"adamw: resumed under {target} vs uninterrupted FSDP2, max loss difference {worst:.2e}")
+    print(f"adamw: resumed under DDP vs uninterrupted FSDP2, max loss difference {worst:.2e}")
     kinds = held_as_saved(ckpt, held)
-    assert bool(kinds["shard"]) == (target == "fsdp"), kinds
+    assert not kinds["shard"], kinds
 
 
 def test_other_world_size_on_resume_says_why_not(corpus):
@@ -204,7 +205,8 @@ def test_other_world_size_on_resume_says_why_not(corpus):
 
 # --- sharded (DCP) checkpoints -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("optimizer", ["adamw", "scale", "galore"])
+# GaLore's whole-matrix state from a DCP folder: test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint
+@pytest.mark.parametrize("optimizer", ["adamw", "scale"])
 def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, optimizer):
     ckpt, logged, held = resume(corpus, "fsdp_dcp", "fsdp_dcp", optimizer)
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file()
@@ -216,8 +218,6 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, optimizer):
         assert len(held[0]) == 6, sorted(held[0])
         assert kinds == {"shard": {("momentum_buffer", 2), ("exp_avg", 1), ("exp_avg_sq", 1)},
                          "whole": {("step", 0)}}, kinds
-    elif optimizer == "galore":  # matrix-shaped, yet whole on every rank
-        assert ("projector", 2) in kinds["whole"] and ("exp_avg", 2) in kinds["whole"], kinds
     else:
         assert ("exp_avg", 2) in kinds["shard"] and all(ndim == 0 for _, ndim in kinds["whole"]), kinds
 

@@ -206,13 +206,9 @@ def test_overhead_summary_computes_tokens_per_s_overhead_and_mfu_by_hand():
     assert plain["overhead"] is None and ours["max_abs_dloss_all"] == 1e-3
 
 
-def test_gpu_plan_commands_parse_and_compose(tmp_path, monkeypatch):
+def test_gpu_plan_commands_parse_and_compose(tmp_path, monkeypatch, compose):
     """The GPU run's own command lines (never executed here: they need CUDA) name flags and config keys
     that exist, so the one chance on the device is not lost to a typo."""
-    from hydra import compose, initialize_config_dir
-
-    from optsweep.config import register_resolvers
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import optimizer_step
     import peak_memory
@@ -236,9 +232,7 @@ def test_gpu_plan_commands_parse_and_compose(tmp_path, monkeypatch):
             with pytest.raises(pytest.fail.Exception, match="parsed, then ran"):
                 optimizer_step.main(step.argv[2:])
         elif script == "run.py":
-            register_resolvers()
-            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                cfg = compose("config", overrides=step.argv[2:])
+            cfg = compose(*step.argv[2:])
             assert cfg.model.name == "llama_60m" and cfg.trainer.precision == "bf16-true"
             assert cfg.trainer.max_steps == 100 and cfg.data.source == "sample"
     overhead = training_overhead.parse_args(steps[3].argv[2:])

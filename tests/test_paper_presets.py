@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-
-from optsweep.config import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "experiment" / "paper").glob("*.yaml"))
@@ -36,9 +34,7 @@ PAPER_PARAMS_M = {"60m": 58.07, "130m": 134.11, "350m": 367.97, "1b": 1339.08, "
 
 def resolved(*overrides: str) -> dict:
     """The config run.py would get, resolved (paths and ${hydra:...} included), without running anything."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose_config(*overrides, hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     # hydra.* itself holds multirun-only values; every other key resolves as in a single run.
     return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]

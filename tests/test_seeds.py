@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from _inject import ROOT
-from hydra import compose, initialize_config_dir
-
-from optsweep.config import register_resolvers
+from conftest import compose_config
 
 
 def composed(*overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=quickstart", *overrides])
+    return compose_config("experiment=quickstart", *overrides)
 
 
 def test_both_seeds_follow_seed_unless_pinned():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial, TrialState
@@ -402,11 +403,7 @@ SWEEPS = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml") if p.
 
 
 def _compose(sweep: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"sweep={sweep}", f"hydra.searchpath=[file://{REPO}/sweeps]"],
-                       return_hydra_config=True)
+    return compose_config(f"sweep={sweep}", hydra_config=True, sweeps=True)
 
 
 @pytest.mark.skipif(not (REPO / "conf" / "config.yaml").exists(), reason="needs the project's conf/")
