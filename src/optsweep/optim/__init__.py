@@ -1,4 +1,5 @@
-"""Optimizers: SCALE and every baseline of its paper, one file each, built through one registry."""
+"""Optimizers: SCALE, every baseline of its paper and the 2026 field, one file each (plus its yaml in
+conf/optimizer/), built through the registry."""
 
 from optsweep.optim.groups import ParamSplit, split_parameters, state_bytes
 from optsweep.optim.registry import OPTIMIZERS, build_optimizer, optimizer_class
@@ -8,7 +9,10 @@ __all__ = ["OPTIMIZERS", "ParamSplit", "build_optimizer", "optimizer_class", "sp
 
 def __getattr__(name: str):
     # `from optsweep.optim import SCALE` without importing every optimizer up front.
-    for key, target in OPTIMIZERS.items():
-        if target.split(":")[1] == name:
-            return optimizer_class(key)
+    if not name[:1].isupper():  # a submodule being imported (``from optsweep.optim import sharding``)
+        raise AttributeError(name)
+    for key in OPTIMIZERS:
+        cls = optimizer_class(key)
+        if cls.__name__ == name:
+            return cls
     raise AttributeError(name)
