@@ -3,9 +3,9 @@ optsweep/optim/<name>.py, so a new optimizer is one .py and one .yaml."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -42,12 +42,13 @@ def test_the_set_of_optimizers_is_the_config_folder():
 
 
 @pytest.fixture
-def signum(monkeypatch):
-    """optsweep/optim/signum.py and conf/optimizer/signum.yaml, as if just written."""
-    module = types.ModuleType("optsweep.optim.signum")
-    exec(compile(SIGNUM, "signum.py", "exec"), module.__dict__)
-    module.Signum.__module__ = module.__name__
+def signum(monkeypatch, tmp_path):
+    """optsweep/optim/signum.py and its registry entry, as if just written (the file lives in tmp_path)."""
+    (tmp_path / "signum.py").write_text(SIGNUM)
+    spec = importlib.util.spec_from_file_location("optsweep.optim.signum", tmp_path / "signum.py")
+    module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    spec.loader.exec_module(module)
     monkeypatch.setitem(registry.OPTIMIZERS, "signum", module.__name__)
     return module
 
