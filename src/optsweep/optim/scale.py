@@ -48,6 +48,28 @@ _CPU_BLOCK = 1 << 19
 _COMPILE_CHUNK = 8  # matrices per compiled call
 
 
+# ------------------------------------------------------------- the algorithm, as the paper writes it
+def rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Root mean square over ``dims`` (kept for broadcasting), in fp32, floored at ``RMS_FLOOR``."""
+    return x.float().square().mean(dim=dims, keepdim=True).sqrt().clamp_min(RMS_FLOOR)
+
+
+def scale_matrix_step(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, *, role: str, lr: float,
+                      momentum: float = 0.9, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SCALE step of one weight matrix (the paper's Algorithm 1), out of place: the new weight and the
+    new momentum buffer. ``role``: "output" (lm_head), "hidden" or "embedding". The 1-D weights take AdamW.
+    ``SCALE`` below computes exactly this for the default options, in place, fused and blocked."""
+    direction = grad
+    if role == "output":  # momentum on the last layer only: an EMA of the gradient, no bias correction
+        buffer = momentum * buffer + (1 - momentum) * grad
+        direction = buffer
+    # column normalisation: one scale per output unit (a row of an nn.Linear weight, a column of the embedding)
+    per_output_unit = (0,) if role == "embedding" else tuple(range(1, grad.ndim))
+    update = direction.float() / rms(direction, per_output_unit)
+    return (param.float() * (1 - lr * weight_decay) - lr * update).to(param.dtype), buffer
+
+
+# ----------------------------------------------------------- the optimizer: the same, for a whole model
 class SCALE(torch.optim.Optimizer):
     r"""SCALE, with the paper's ablations as options.
 
