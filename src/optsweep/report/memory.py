@@ -94,25 +94,25 @@ _MUON = (
 PAPER_MEMORY_RANK = {"llama_60m": 128, "llama_130m": 256, "llama_1b": 512}
 
 
+# (optimizers, models: None for every size, why); the first entry that matches explains a cell
+EXPLANATIONS = (
+    (("adam", "adamw", "stable_spam"), ("llama_130m", "llama_1b"), _ROUNDING),
+    (("muon",), None, _MUON),
+    (("apollo_mini",), None, _APOLLO_MINI),
+    (("galore", "fira", "apollo"), ("llama_350m",), _LOWRANK_350M),
+    (("apollo",), ("llama_7b",), _APOLLO_7B),
+)
+
+
 def explain(name: str, model: str, hparams: dict) -> str:
     """Why (optimizer, model)'s measured or rule value differs from the paper's cell."""
-    if name in ("adam", "adamw", "stable_spam") and model in ("llama_130m", "llama_1b"):
-        return _ROUNDING
-    if name == "muon":
-        return _MUON
-    if name == "apollo_mini":
-        return _APOLLO_MINI
-    if name in ("galore", "fira", "apollo"):
-        if model == "llama_350m":
-            return _LOWRANK_350M
-        if name == "apollo" and model == "llama_7b":
-            return _APOLLO_7B
-        rank, paper_rank = hparams.get("rank"), PAPER_MEMORY_RANK.get(model)
-        if paper_rank is not None and rank != paper_rank:
-            return (
-                f"the paper's cell is what rank {paper_rank} gives (its memory column repeats GaLore's "
-                f"ranks 128/256/-/512 for GaLore, Fira and APOLLO); this configuration trains at rank {rank}"
-            )
+    for names, models, why in EXPLANATIONS:
+        if name in names and (models is None or model in models):
+            return why
+    rank, paper_rank = hparams.get("rank"), PAPER_MEMORY_RANK.get(model)
+    if name in ("galore", "fira", "apollo") and paper_rank is not None and rank != paper_rank:
+        return (f"the paper's cell is what rank {paper_rank} gives (its memory column repeats GaLore's "
+                f"ranks 128/256/-/512 for GaLore, Fira and APOLLO); this configuration trains at rank {rank}")
     return "not explained: compare the hyperparameters with the paper's"
 
 
@@ -419,38 +419,55 @@ def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
     return OptimizerSetup(factory=factory, hparams=hparams)
 
 
+def _everything(split: ParamSplit) -> int:
+    return sum(split.numel(role) for role in ("hidden", "embedding", "output", "vector"))
+
+
+def _outside_hidden(split: ParamSplit) -> int:
+    return split.numel("embedding") + split.numel("output") + split.numel("vector")
+
+
+def _low_rank(split: ParamSplit, hparams: dict) -> int | None:
+    """Adam outside the hidden matrices; per hidden (m x n) matrix a rank-r projector on the smaller side
+    and Adam's two moments in the projected (r x larger side) space."""
+    rank = hparams.get("rank")
+    if not isinstance(rank, int):
+        return None
+    return 2 * _outside_hidden(split) + sum(rank * min(p.shape) + 2 * rank * max(p.shape)
+                                            for p in split.of("hidden"))
+
+
+def _factored(split: ParamSplit, hparams: dict) -> int:
+    """A row and a column factor per matrix (over its last two dims), vectors whole."""
+    return sum(p.shape[:-2].numel() * (p.shape[-2] + p.shape[-1]) if p.ndim > 1 else p.numel()
+               for role in ("hidden", "embedding", "output", "vector") for p in split.of(role))
+
+
+# Optimizer-state elements as the paper counts them, and for the methods it does not compare, the state
+# their definition keeps: (split of the model's parameters, the run's hyperparameters) -> elements.
+STATE_RULES: dict[str, Callable[[ParamSplit, dict], int | None]] = {
+    "adam": lambda split, hp: 2 * _everything(split),  # two moments
+    "adamw": lambda split, hp: 2 * _everything(split),
+    "stable_spam": lambda split, hp: 2 * _everything(split),
+    "muon": lambda split, hp: _everything(split),  # the paper's rule: one buffer per parameter
+    "galore": _low_rank,
+    "fira": _low_rank,
+    "apollo": _low_rank,
+    "swan": lambda split, hp: 2 * _outside_hidden(split),  # stateless hidden matrices, Adam elsewhere
+    "apollo_mini": lambda split, hp: 2 * _outside_hidden(split),
+    "scale": lambda split, hp: split.numel("output") + 2 * split.numel("vector"),  # lm_head momentum, AdamW 1-D
+    "sgd": lambda split, hp: _everything(split) if hp.get("momentum") else 0,
+    "lion": lambda split, hp: _everything(split),  # one momentum buffer
+    # fast EMA (none when beta1 = 0), slow EMA, second moment
+    "ademamix": lambda split, hp: (3 if (hp.get("betas") or (0.9,))[0] else 2) * _everything(split),
+    "adafactor": _factored,
+}
+
+
 def paper_rule_elements(name: str, split: ParamSplit, hparams: dict) -> int | None:
-    """Optimizer-state elements as the paper counts them, and for the methods it does not
-    compare, the state their definition keeps; None where there is no rule."""
-    everything = sum(split.numel(role) for role in ("hidden", "embedding", "output", "vector"))
-    outside_hidden = split.numel("embedding") + split.numel("output") + split.numel("vector")
-    if name in ("adam", "adamw", "stable_spam"):
-        return 2 * everything
-    if name == "muon":
-        return everything
-    if name in ("galore", "fira", "apollo"):
-        rank = hparams.get("rank")
-        if not isinstance(rank, int):
-            return None
-        # Adam outside the hidden matrices; per hidden (m x n) matrix a rank-r projector on the smaller side
-        # and Adam's two moments in the projected (r x larger side) space.
-        projected = sum(rank * min(p.shape) + 2 * rank * max(p.shape) for p in split.of("hidden"))
-        return 2 * outside_hidden + projected
-    if name in ("swan", "apollo_mini"):
-        return 2 * outside_hidden
-    if name == "scale":
-        return split.numel("output") + 2 * split.numel("vector")
-    if name == "sgd":
-        return everything if hparams.get("momentum") else 0
-    if name == "lion":  # one momentum buffer
-        return everything
-    if name == "ademamix":  # fast EMA (none when beta1 = 0), slow EMA, second moment
-        betas = hparams.get("betas") or (0.9,)
-        return (3 if betas[0] else 2) * everything
-    if name == "adafactor":  # a row and a column factor per matrix (over its last two dims), vectors whole
-        return sum(p.shape[:-2].numel() * (p.shape[-2] + p.shape[-1]) if p.ndim > 1 else p.numel()
-                   for role in ("hidden", "embedding", "output", "vector") for p in split.of(role))
-    return None
+    """``STATE_RULES`` of ``name``; None where there is no rule (the measured column still has the value)."""
+    rule = STATE_RULES.get(name)
+    return None if rule is None else rule(split, hparams)
 
 
 # ------------------------------------------------------------------------------------------------ rows
