@@ -186,6 +186,8 @@ def train(cfg: DictConfig) -> float:
     )
 
     trial = _trial_context()
+    if trial is not None:
+        trial.record_worker()
     loggers = build_loggers(cfg, trial=trial, resume_run_id=meta.get("mlflow_run_id"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
