@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -34,22 +36,23 @@ def test_two_workers_share_one_parent_whose_counts_are_the_study_s(tmp_path, mon
     from mlflow.entities import ViewType
 
     store = f"file://{tmp_path}/mlruns"
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(store)
+    # created beforehand: a folder store, unlike a server's database, could create two experiments named toy
+    experiment = client.create_experiment("toy")
     command = [sys.executable, str(APP), "-m", "sweep=toy", "hydra.sweeper.n_trials=2",
                f"logger.mlflow.tracking_uri={store}"]
     # Each worker takes one trial; the faster one finishes (and summarizes) while the other still trains.
     # Creating a parent takes 2 s: workers that each look for one and create it would both do so.
     procs = [subprocess.Popen(command, env=_env(tmp_path, TOY_SLEEP=sleep, TOY_SLOW_PARENT="2"),
                               stdout=(tmp_path / f"w{sleep}.log").open("w"), stderr=subprocess.STDOUT)
-             for sleep in ("1", "5")]
+             for sleep in ("1", "3")]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, [p.read_text()[-3000:] for p in tmp_path.glob("w*.log")]
     (name,) = optuna.get_all_study_names(f"sqlite:///{tmp_path}/outputs/optuna.db")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     assert {t.user_attrs["sweeper"]["pid"] for t in study.trials} == {p.pid for p in procs}, "one trial each"
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("toy").experiment_id
     parents = client.search_runs([experiment], "tags.`optuna.role` = 'sweep'", run_view_type=ViewType.ALL)
     assert [p.info.lifecycle_stage for p in parents] == ["active"], "one parent, none created and trashed"
     parent = parents[0]
@@ -60,6 +63,24 @@ def test_two_workers_share_one_parent_whose_counts_are_the_study_s(tmp_path, mon
     assert counts == [2, 0, 0, 0, 0], "the counts of the last summary: the whole study, every state"
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["optuna.trial"] for c in children) == ["0", "1"]
+
+
+def test_a_count_taken_earlier_but_logged_later_does_not_win(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from optsweep.sweeper.mlflow_parent import SweepRun
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{tmp_path}/mlruns")
+    experiment = client.create_experiment("e")
+    parent = SweepRun(client, experiment, client.create_run(experiment).info.run_id)
+    now, best = time.time(), [SimpleNamespace(number=n, value=v, params={}) for n, v in ((0, 0.5), (1, 0.25))]
+    parent.summarize({"COMPLETE": 2, "RUNNING": 0}, best[1], 0, counted_at=now)  # the worker that finished last
+    parent.summarize({"COMPLETE": 1, "RUNNING": 1}, best[0], 1, counted_at=now - 1)  # slower to log its count
+    run = client.get_run(parent.run_id)
+    metrics = run.data.metrics
+    assert (metrics["trials_complete"], metrics["trials_running"], metrics["best_value"]) == (2, 0, 0.25)
+    assert run.data.tags["optuna.best_trial"] == "1"
 
 
 def test_worker_names_the_job_process_not_the_sweeper(tmp_path):

@@ -197,7 +197,8 @@ class SweepRun:
         if best is not None:
             metrics.append(Metric("best_value", best.value, stamp, finished))
         self.client.log_batch(self.run_id, metrics=metrics)
-        if best is not None:
+        # the best trial's tags only from the newest count (tags have no step to order them by)
+        if best is not None and self.client.get_run(self.run_id).data.metrics.get("best_value") == best.value:
             self.client.set_tag(self.run_id, "optuna.best_trial", str(best.number))
             self.client.set_tag(self.run_id, "optuna.best_params", repr(best.params)[:5000])
         # another worker still running trials will close the parent when it is done
