@@ -186,8 +186,6 @@ def train(cfg: DictConfig) -> float:
     )
 
     trial = _trial_context()
-    if trial is not None:
-        trial.record_worker()
     loggers = build_loggers(cfg, trial=trial, resume_run_id=meta.get("mlflow_run_id"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(GracefulShutdown())
@@ -210,6 +208,8 @@ def train(cfg: DictConfig) -> float:
         enable_progress_bar=True,
         plugins=[AtomicCheckpointIO()],  # crash-safe saves, whatever the strategy
     )
+    if trial is not None and trainer.is_global_zero:
+        trial.record_worker()  # this process trains the trial (not the sweeper's, under submitit)
     # Counted on the meta device (no memory): known and logged before the first, possibly long, step.
     num_params = count_parameters(build_llama(spec, vocab_size=datamodule.vocab_size, device="meta"))
     if trainer.is_global_zero:
