@@ -7,11 +7,17 @@ it, so the store is ``sqlite:///<repo>/outputs/mlflow.db`` (``conf/logger/mlflow
 - params: the flattened resolved config (Lightning truncates values at 250 characters, so the full
   resolved config is also an artifact, ``config/resolved.yaml``);
 - artifact ``environment/versions.json``: Python, platform and the versions of the stack's packages.
+
+A resumed run continues its MLflow run, whose params MLflow never lets change. A resume records itself
+instead: tags ``resume_count`` (n) and ``resumed_from`` (the checkpoint), every param whose value differs
+from the run's as ``resume/<n>/<key>`` (``train.ckpt_path``, ``paths.run_dir``, ``trainer.max_steps`` if
+changed, ...), and the resumed config as ``config/resume/<n>/resolved.yaml``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -20,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "lightning", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
             "optuna", "mlflow", "torchdata", "optsweep")
@@ -107,19 +115,53 @@ def flat_params(cfg: DictConfig) -> dict[str, object]:
     return flat
 
 
-def log_run_context(logger, cfg: DictConfig, datasets: list[dict[str, str]] = ()) -> None:
+def log_run_context(logger, cfg: DictConfig, datasets: list[dict[str, str]] = (),
+                    resumed_from: str | None = None) -> None:
     """Params, full resolved config, package versions and the datasets read, on the logger's MLflow run;
-    the experiment is marked as model training (the MLflow 3 UI then opens it on its runs)."""
-    logger.log_hyperparams(flat_params(cfg))
+    the experiment is marked as model training (the MLflow 3 UI then opens it on its runs). When the run
+    continues from checkpoint ``resumed_from``, the resume is recorded beside the first values instead."""
     client, run_id = logger.experiment, logger.run_id
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if resumed_from is None:
+        logger.log_hyperparams(flat_params(cfg))
+        client.log_text(run_id, resolved, "config/resolved.yaml")
+    else:
+        log_resume(client, run_id, flat_params(cfg), resumed_from, resolved)
     client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     client.log_text(run_id, json.dumps(package_versions(), indent=2), "environment/versions.json")
     if datasets:
         log_dataset_inputs(client, run_id, datasets)
 
 
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+RESUME_COUNT_TAG, RESUMED_FROM_TAG = "resume_count", "resumed_from"
+PARAM_CHARS = 250  # Lightning's MLFlowLogger truncates param values to this; the first values were logged so
+
+
+def log_resume(client, run_id: str, params: dict[str, object], checkpoint: str, resolved_yaml: str) -> None:
+    """Record resume number n of ``run_id`` without touching its params (see the module's docstring). A
+    failure here is a warning: the record of a resume is not worth the run."""
+    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+        n = int(run.data.tags.get(RESUME_COUNT_TAG, 0)) + 1
+        # the count first: a resume that dies halfway leaves its number taken, never reused
+        client.log_batch(run_id, tags=[RunTag(RESUME_COUNT_TAG, str(n)), RunTag(RESUMED_FROM_TAG, checkpoint)])
+        logged, records = run.data.params, []
+        for key, value in params.items():
+            text = str(value)[:PARAM_CHARS]
+            if key not in logged:
+                records.append(Param(key, text))  # a key the run did not have yet: its first value
+            elif logged[key] != text:
+                records.append(Param(f"resume/{n}/{key}", text))
+        for start in range(0, len(records), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=records[start:start + 100])
+        client.log_text(run_id, resolved_yaml, f"config/resume/{n}/resolved.yaml")
+    except MlflowException as error:
+        log.warning("MLflow: could not record the resume from %s on run %s (%s); training goes on",
+                    checkpoint, run_id, error)
 
 
 def log_dataset_inputs(client, run_id: str, datasets: list[dict[str, str]]) -> None:

@@ -50,6 +50,25 @@ def _fit_with_pruning(cfg: DictConfig, ctx: context.TrialContext) -> float:
     return float(trainer.callback_metrics["val/loss"])
 
 
+def _slow_parent_creation(seconds: float) -> None:
+    # TOY_SLOW_PARENT: creating the sweep's parent run takes that long, so workers started together are all
+    # inside find-or-create at once (the race a tracking server, which has no lock, leaves open)
+    from mlflow import MlflowClient
+
+    create = MlflowClient.create_run
+
+    def slow(self, experiment_id, *args, tags=None, **kwargs):
+        if (tags or {}).get("optuna.role") == "sweep":
+            time.sleep(seconds)
+        return create(self, experiment_id, *args, tags=tags, **kwargs)
+
+    MlflowClient.create_run = slow
+
+
+if os.environ.get("TOY_SLOW_PARENT"):
+    _slow_parent_creation(float(os.environ["TOY_SLOW_PARENT"]))
+
+
 class Interrupted(Exception):
     """Like optsweep.training's: training stopped on a signal after saving its checkpoint."""
 
@@ -61,6 +80,8 @@ class Interrupted(Exception):
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     ctx = context.current()
+    if ctx is not None:
+        ctx.record_worker()  # as run.py's training does
     if ctx is not None and cfg.logger.mlflow.tracking_uri:
         _mlflow_child(cfg, ctx)
     number = ctx.number if ctx is not None else -1

@@ -15,7 +15,8 @@ through `hydra.job.env_set` (Hydra applies it around the task function, in whate
 in the sweeper's process (Hydra's basic launcher) gets the sweeper's own Trial object; a job in another
 process (submitit, joblib) rebuilds one from the storage described in OPTSWEEP_SWEEP, which the sweeper puts
 in its environment for the length of the sweep. run_id and failure_reason are stored as user attributes of
-the trial, so the sweeper reads them back whichever process set them.
+the trial, so the sweeper reads them back whichever process set them; so is `worker`, the process that
+trains the trial (`record_worker`, called once the job runs), which under submitit is not the sweeper.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,6 +46,17 @@ FAILURE_ATTR = "failure_reason"
 PRUNED_ATTR = "pruned_at_step"
 REPLICATE_ATTR = "replicate"  # set on the replicate study's trials (optsweep.sweeper.replicates)
 REPLICATE_OF_ATTR = "replicate_of"
+SWEEPER_ATTR = "sweeper"  # {"machine", "pid"} of the sweeper that took the trial (and will tell its result)
+WORKER_ATTR = "worker"  # {"machine", "pid"} of the process that trained it
+
+
+def machine() -> str:
+    """This machine: its hostname (not unique across containers) and its boot id, which tells them apart."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
 
 
 class TrialContext:
@@ -70,6 +84,10 @@ class TrialContext:
     @failure_reason.setter
     def failure_reason(self, value: str) -> None:
         self.trial.set_user_attr(FAILURE_ATTR, value)
+
+    def record_worker(self) -> None:
+        """Name this process as the one training the trial (the job calls it once it runs)."""
+        self.trial.set_user_attr(WORKER_ATTR, {"machine": machine(), "pid": os.getpid()})
 
     def mlflow_tags(self) -> dict[str, str]:
         """Tags for the trial's MLflow run: `mlflow.parentRunId` nests it under the sweep's run; a replicate

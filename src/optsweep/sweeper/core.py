@@ -10,6 +10,8 @@ Rules the loop keeps (sweeps/README.md says the same for users):
 - Trials are created by the storage (`study.ask()`), so workers sharing a storage never run the same trial.
   A trial left RUNNING by a worker that died (its process is gone on this machine, or its heartbeat is older
   than grace_period) is put back in the queue (WAITING) and runs again, with the same number and params.
+  The sweeper that took a trial is its user attribute `sweeper`; the process that trained it, `worker`
+  (the same process under Hydra's basic launcher, the job's under submitit or joblib).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import math
 import os
 import random
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -40,21 +41,13 @@ from optuna.trial import TrialState
 from optsweep import services
 from optsweep.sweeper import context, guards, replicates
 from optsweep.sweeper._locks import sqlite_creation_lock
+from optsweep.sweeper.context import machine as _machine
 from optsweep.sweeper.mlflow_parent import SweepRun
 from optsweep.sweeper.search_space import SearchSpace, SweepConfigError
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def _machine() -> str:
-    # hostname alone is not unique across containers; the boot id tells machines apart
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = "?"
-    return f"{socket.gethostname()}/{boot}"
 
 
 def _alive(pid: int) -> bool:
@@ -192,17 +185,15 @@ class OptunaSweep:
         services.check_storage_url(self.storage_url)
         services.check_tracking_uri(self.mlflow_cfg.get("tracking_uri"), "hydra.sweeper.mlflow.tracking_uri")
         storage = _storage(self.storage_url)
-        study = _retrying(lambda: optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-            directions=directions, load_if_exists=True,
-        ), "creating the study")
+        study, created = _retrying(lambda: _create_or_load(study_name, storage, sampler, pruner, directions),
+                                   "creating the study")
         log.info("study %r in %s: %d trials so far, target n_trials=%d", study_name, self.storage_url,
                  len(study.trials), self.n_trials)
         for key, expression in space.describe().items():
             log.info("  %s: %s", key, expression)
 
         self.parent = SweepRun.open(self.mlflow_cfg.get("tracking_uri"), self.mlflow_cfg.get("experiment_name"),
-                                    study_name, space.describe())
+                                    study, created, space.describe())
         parent_id = self.parent.run_id if self.parent else None
         saved_env = os.environ.get(context.SWEEP_ENV)
         os.environ[context.SWEEP_ENV] = context.sweep_environment(
@@ -290,8 +281,8 @@ class OptunaSweep:
         batch = []
         for _ in range(count):
             trial = study.ask()
-            # claim it for this worker before anything else can go wrong
-            trial.set_user_attr("worker", {"machine": self.machine, "pid": self.pid})
+            # claim it for this sweeper before anything else can go wrong (the job names its own process)
+            trial.set_user_attr(context.SWEEPER_ATTR, {"machine": self.machine, "pid": self.pid})
             trial.set_user_attr("heartbeat", time.time())
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
@@ -427,7 +418,8 @@ class OptunaSweep:
     def _requeue_interrupted(self, study: optuna.Study) -> None:
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            worker = trial.user_attrs.get("worker") or {}
+            # the sweeper that took it tells the result; older studies recorded it as `worker`
+            worker = trial.user_attrs.get(context.SWEEPER_ATTR) or trial.user_attrs.get(context.WORKER_ATTR) or {}
             beat = trial.user_attrs.get("heartbeat")
             why = None
             if worker.get("machine") == self.machine and (worker.get("pid") == self.pid
@@ -453,6 +445,7 @@ class OptunaSweep:
     # ------------------------------------------------------------------ end of the sweep
     def _summarize(self, study: optuna.Study, study_name: str) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
+        counted_at = time.time()
         counts = Counter(t.state.name for t in trials)
         results: dict[str, Any] = {"name": "optuna", "study": study_name, "storage": self.storage_url,
                                    "trials": dict(counts)}
@@ -472,8 +465,22 @@ class OptunaSweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         if self.parent is not None:
-            self.parent.summarize(dict(counts), best, counts.get("RUNNING", 0))
+            # every state, zeros too: a count that dropped to 0 must not keep its last non-zero value
+            self.parent.summarize({state.name: counts.get(state.name, 0) for state in TrialState}, best,
+                                  counts.get("RUNNING", 0), counted_at)
         return results
+
+
+def _create_or_load(study_name: str, storage: Any, sampler: Any, pruner: Any,
+                    directions: list[str]) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it: the storage inserts a study atomically, so among
+    workers started together exactly one is its creator (the one that opens its MLflow parent run)."""
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                   directions=directions), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                   directions=directions, load_if_exists=True), False
 
 
 def _objective_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:

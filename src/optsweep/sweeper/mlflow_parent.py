@@ -1,8 +1,12 @@
 """The sweep's MLflow parent run, and the sweeper's finishing touches on each trial's child run.
 
-One parent run per study, found again by its tags when the sweep is re-run or when another worker joins,
-so the UI shows a study as one tree however many times and places it ran. MLflow is an extra: any MLflow
-error is logged as a warning and the sweep goes on without it.
+One parent run per study, so the UI shows a study as one tree however many times and places it ran. The
+study itself names its parent (user attribute ``mlflow_parent_run_id``): the worker whose storage created
+the study (an atomic insert, whatever the storage) creates the parent, and workers that join a study still
+being set up wait for that name, instead of each creating a parent and trashing all but one. A study
+without the attribute (an older sweep) finds its parent by its tags. The parent's trial counts are the
+study's, logged at step = finished trials, so the count taken last is the one the UI shows. MLflow is an
+extra: any MLflow error is logged as a warning and the sweep goes on without it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ ROLE_TAG = "optuna.role"
 TRIAL_TAG = "optuna.trial"
 STATE_TAG = "optuna.state"
 PARENT_TAG = "mlflow.parentRunId"
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
+PARENT_WAIT_S = 60.0  # how long a joining worker waits for the study's creator to name the parent
 
 # child run status by the trial's final Optuna state
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
@@ -53,15 +59,16 @@ class SweepRun:
         self.run_id = run_id
 
     @classmethod
-    def open(cls, tracking_uri: str | None, experiment_name: str | None, study_name: str,
+    def open(cls, tracking_uri: str | None, experiment_name: str | None, study: Any, created: bool,
              description: dict[str, str]) -> SweepRun | None:
-        """Find or create the parent run of `study_name`; None when MLflow is not configured or fails."""
+        """Find or create the parent run of the Optuna `study` (`created`: this worker's storage created
+        it); None when MLflow is not configured or fails."""
         if not tracking_uri or not experiment_name:
             log.info("no MLflow tracking URI / experiment for the sweep: no parent run")
             return None
         for attempt in range(4):
             try:
-                return cls._open(tracking_uri, experiment_name, study_name, description)
+                return cls._open(tracking_uri, experiment_name, study, created, description)
             except Exception as error:  # noqa: BLE001
                 # a worker started at the same moment may be creating the same database tables
                 if attempt == 3:
@@ -72,30 +79,40 @@ class SweepRun:
         return None
 
     @classmethod
-    def _open(cls, tracking_uri: str, experiment_name: str, study_name: str,
+    def _open(cls, tracking_uri: str, experiment_name: str, study: Any, created: bool,
               description: dict[str, str]) -> SweepRun:
         from mlflow import MlflowClient
 
-        # On sqlite the lock serialises the store's creation (the client creates its tables) and the
-        # find-or-create of the parent, so workers started together share one. A tracking server has no
-        # lock: workers that both created a parent all keep the oldest.
-        with sqlite_creation_lock(tracking_uri):
+        with sqlite_creation_lock(tracking_uri):  # workers started together must not both create its tables
             client = MlflowClient(tracking_uri)
             experiment_id = _experiment_id(client, tracking_uri, experiment_name)
+        run_id = _named_parent(client, experiment_id, study)
+        if run_id is None and not created and not study.get_trials(deepcopy=False):
+            run_id = _wait_for_parent(client, experiment_id, study)
+        if run_id is None:
+            run_id = cls._find_or_create(client, tracking_uri, experiment_id, study.study_name, description)
+            study.set_user_attr(PARENT_ATTR, run_id)
+        client.update_run(run_id, status="RUNNING")
+        log.info("MLflow parent run %s (experiment %s, study %s)", run_id, experiment_name, study.study_name)
+        return cls(client, experiment_id, run_id)
+
+    @classmethod
+    def _find_or_create(cls, client: Any, tracking_uri: str, experiment_id: str, study_name: str,
+                        description: dict[str, str]) -> str:
+        """The parent found by its tags, else a new one. Only where the study does not name its parent: an
+        sqlite store is locked meanwhile; elsewhere workers that both created one keep the oldest."""
+        with sqlite_creation_lock(tracking_uri):
             found = cls._parents(client, experiment_id, study_name)
             if found:
+                return found[0].info.run_id
+            tags = {STUDY_TAG: study_name, ROLE_TAG: "sweep", "mlflow.runName": f"sweep {study_name}"}
+            tags.update({_mlflow_key(f"search.{key}"): value[:5000] for key, value in description.items()})
+            run_id = client.create_run(experiment_id, tags=tags).info.run_id
+            found = cls._parents(client, experiment_id, study_name)
+            if found and found[0].info.run_id != run_id:
+                client.delete_run(run_id)
                 run_id = found[0].info.run_id
-                client.update_run(run_id, status="RUNNING")
-            else:
-                tags = {STUDY_TAG: study_name, ROLE_TAG: "sweep", "mlflow.runName": f"sweep {study_name}"}
-                tags.update({_mlflow_key(f"search.{key}"): value[:5000] for key, value in description.items()})
-                run_id = client.create_run(experiment_id, tags=tags).info.run_id
-                found = cls._parents(client, experiment_id, study_name)
-                if found and found[0].info.run_id != run_id:
-                    client.delete_run(run_id)
-                    run_id = found[0].info.run_id
-        log.info("MLflow parent run %s (experiment %s, study %s)", run_id, experiment_name, study_name)
-        return cls(client, experiment_id, run_id)
+            return run_id
 
     @staticmethod
     def _parents(client: Any, experiment_id: str, study_name: str) -> list[Any]:
@@ -166,16 +183,57 @@ class SweepRun:
         self.client.set_terminated(self.run_id, status="KILLED")
 
     @_guarded
-    def summarize(self, counts: dict[str, int], best: Any | None, running_elsewhere: int) -> None:
-        for state, count in counts.items():
-            self.client.log_metric(self.run_id, f"trials_{state.lower()}", count)
+    def summarize(self, counts: dict[str, int], best: Any | None, running_elsewhere: int,
+                  counted_at: float) -> None:
+        """The study's trial counts (every state, zeros included) as of `counted_at` (seconds since the
+        epoch). Logged at step = finished trials and time = counted_at: MLflow shows the value of the
+        highest step, then the latest time, so a worker that finished earlier but logs later cannot
+        overwrite the counts of the one that finished last."""
+        from mlflow.entities import Metric
+
+        finished = sum(counts.get(state, 0) for state in ("COMPLETE", "PRUNED", "FAIL"))
+        stamp = int(counted_at * 1000)
+        metrics = [Metric(f"trials_{state.lower()}", count, stamp, finished) for state, count in counts.items()]
         if best is not None:
-            self.client.log_metric(self.run_id, "best_value", best.value)
+            metrics.append(Metric("best_value", best.value, stamp, finished))
+        self.client.log_batch(self.run_id, metrics=metrics)
+        # the best trial's tags only from the newest count (tags have no step to order them by)
+        if best is not None and self.client.get_run(self.run_id).data.metrics.get("best_value") == best.value:
             self.client.set_tag(self.run_id, "optuna.best_trial", str(best.number))
             self.client.set_tag(self.run_id, "optuna.best_params", repr(best.params)[:5000])
         # another worker still running trials will close the parent when it is done
         if not running_elsewhere:
             self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+def _named_parent(client: Any, experiment_id: str, study: Any) -> str | None:
+    """The parent run the study names, if it is a live run of this experiment (not of another store)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.lifecycle_stage != "active" or run.info.experiment_id != experiment_id:
+        return None
+    return run_id
+
+
+def _wait_for_parent(client: Any, experiment_id: str, study: Any) -> str | None:
+    """Another worker created the study a moment ago and is opening its parent: wait for its name."""
+    log.info("waiting for the worker that created study %r to open its MLflow parent run", study.study_name)
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        run_id = _named_parent(client, experiment_id, study)
+        if run_id is not None:
+            return run_id
+    log.warning("no MLflow parent run named by study %r after %.0f s: looking for it by its tags",
+                study.study_name, PARENT_WAIT_S)
+    return None
 
 
 def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:

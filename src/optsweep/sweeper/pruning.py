@@ -14,6 +14,9 @@ class OptunaPruning(Callback):
     """At each validation end: report `monitor` at step trainer.global_step, raise optuna.TrialPruned when
     the study's pruner says so.
 
+    A report at the run's last step (``trainer.max_steps``) never prunes: the trial has spent its whole
+    budget, and its final loss is its value (COMPLETE), not a reason to stop it.
+
     Only global rank 0 talks to the storage; its decision is broadcast so every rank stops at the same
     step. The step is also written to the trial (`pruned_at_step`) before raising, so the sweeper knows
     the trial was pruned even when the exception reaches it wrapped (e.g. from a ddp_spawn worker).
@@ -37,7 +40,8 @@ class OptunaPruning(Callback):
             # A non-finite loss is the NaN guard's business: it fails the trial with its reason.
             if math.isfinite(value):
                 self.trial.report(value, step=step)
-                prune = self.trial.should_prune()
+                last = 0 < trainer.max_steps <= step  # max_steps -1: no last step known
+                prune = not last and self.trial.should_prune()
             if prune:
                 self.trial.set_user_attr(PRUNED_ATTR, step)
         prune = trainer.strategy.broadcast(prune, src=0)

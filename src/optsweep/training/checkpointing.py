@@ -6,6 +6,7 @@
 - ``find_resume_checkpoint`` turns ``train.ckpt_path=last`` into the newest complete checkpoint (file or
   DCP folder) of this run's identity (task, optimizer, model, seed) and checks that a given checkpoint
   exists and can be read.
+- ``StepCheckpoint`` saves every N optimizer steps and at the end of training, whatever the last step is.
 - ``GracefulShutdown`` turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a checkpoint at the next
   optimizer-step boundary, then stops with ``Interrupted`` so the run is marked KILLED, not FAILED.
 - ``FSDP2Strategy`` makes FSDP2's full-format checkpoints (one file) the same plain checkpoints DDP writes,
@@ -27,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -564,6 +566,23 @@ def _entries_kept_sharded(optimizer: torch.optim.Optimizer) -> list[set[str]]:
             p.copy_(value)
             p.grad = None
     return sharded
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also saves the final step (a step file and ``last.ckpt``).
+
+    With ``every_n_train_steps`` Lightning saves only at multiples of N (its end-of-training save is skipped
+    once any ``last.ckpt`` was written), so a run of 10 steps with N=4 ended with step 8 as its newest
+    checkpoint. Training that stops on an exception (divergence, a signal) does not reach ``on_train_end``:
+    the last good checkpoint stays the newest.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._should_skip_saving_checkpoint(trainer):  # also: already saved at this step
+            return super().on_train_end(trainer, pl_module)
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
 
 class GracefulShutdown(L.Callback):

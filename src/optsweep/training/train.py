@@ -208,6 +208,8 @@ def train(cfg: DictConfig) -> float:
         enable_progress_bar=True,
         plugins=[AtomicCheckpointIO()],  # crash-safe saves, whatever the strategy
     )
+    if trial is not None and trainer.is_global_zero:
+        trial.record_worker()  # this process trains the trial (not the sweeper's, under submitit)
     # Counted on the meta device (no memory): known and logged before the first, possibly long, step.
     num_params = count_parameters(build_llama(spec, vocab_size=datamodule.vocab_size, device="meta"))
     if trainer.is_global_zero:
@@ -217,8 +219,11 @@ def train(cfg: DictConfig) -> float:
     if mlflow_logger is not None:
         module.run_meta["mlflow_run_id"] = mlflow_logger.run_id
         if trainer.is_global_zero:
+            # the same MLflow run as the checkpoint's: a resume, recorded beside the run's first params
+            resumed = ckpt_path is not None and mlflow_logger.run_id == meta.get("mlflow_run_id")
             tracking.log_run_context(mlflow_logger, cfg, [datamodule.dataset_description(split)
-                                                          for split in ("train", "validation")])
+                                                          for split in ("train", "validation")],
+                                     resumed_from=ckpt_path if resumed else None)
         if trial is not None:
             trial.run_id = mlflow_logger.run_id
     log.info("model %s: %.2fM parameters", spec.name, num_params / 1e6)
