@@ -44,9 +44,12 @@ def ui(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-ui")
     port = free_port()
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=(root / "ui.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    # artifacts under tmp too: by default the server puts them in ./mlartifacts of its working directory
+    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=(root / "ui.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=root)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
