@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optsweep import services
+from optsweep import errors, services
 from optsweep.services import ServiceUnreachableError, check_storage_url, check_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,5 +295,5 @@ def test_a_server_lost_during_the_run_is_one_sentence():
     assert status == 2 and sentence.startswith(
         "the MLflow tracking server http://127.0.0.1:5932 stopped answering during the run (connection refused, "
         "after MLflow's retries): the checkpoints written so far are kept")
-    assert services.tracking_server_lost(MlflowException("RESOURCE_DOES_NOT_EXIST: run 1 not found")) is None
-    assert services.tracking_server_lost(ValueError(str(lost))) is None
+    assert errors.tracking_server_lost(MlflowException("RESOURCE_DOES_NOT_EXIST: run 1 not found")) is None
+    assert errors.tracking_server_lost(ValueError(str(lost))) is None

@@ -35,8 +35,6 @@ def user_sentence(error: BaseException) -> str | None:
     """The sentence for a bad input, or None when ``error`` is not one."""
     if isinstance(error, UserError):
         return _from_worker(error)
-    from optsweep.services import tracking_server_lost
-
     lost = tracking_server_lost(error)
     if lost is not None:
         return str(lost)
@@ -159,3 +157,28 @@ def _not_buildable(error, cause) -> str | None:
     if unexpected:
         return (f"{where}.{unexpected.group(1)} is not a setting {what} takes: remove it, or fix its spelling")
     return f"{where} cannot be built: {what} says {one_line(cause)}: fix the {where}.* setting it names"
+
+
+class ServiceUnreachableError(UserError):
+    """A tracking server or study storage does not answer; the message names it and the fix."""
+
+
+_LOST = re.compile(r"API request to (https?://[^/\s]+)\S* failed with exception .*?"
+                   r"(Connection refused|Failed to establish a new connection|Read timed out|Max retries exceeded)")
+
+
+def tracking_server_lost(error: BaseException) -> ServiceUnreachableError | None:
+    """An MLflow call that failed because the tracking server stopped answering during the run, as the
+    sentence to stop with (None for any other error)."""
+    if type(error).__name__ != "MlflowException":
+        return None
+    message = " ".join(str(error).split())
+    found = _LOST.search(message)
+    if found is None:
+        return None
+    reason = "connection refused" if "Connection refused" in message else "no answer"
+    return ServiceUnreachableError(
+        f"the MLflow tracking server {found.group(1)} stopped answering during the run ({reason}, after MLflow's "
+        "retries): the checkpoints written so far are kept; start the server again and resume with "
+        "train.ckpt_path=last, or resume with logger=csv to train on without it"
+    )

@@ -12,13 +12,12 @@ Only the standard library is imported at module level: the probes run before tor
 from __future__ import annotations
 
 import os
-import re
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from optsweep.errors import UserError
+from optsweep.errors import ServiceUnreachableError
 
 PROBE_TIMEOUT_S = 5.0
 # MLflow's HTTP settings while a run logs (environment variables it reads at each call)
@@ -29,10 +28,6 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 POSTGRES_EXTRA = 'pip install -e ".[postgres]"'
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
-
-
-class ServiceUnreachableError(UserError):
-    """A tracking server or study storage does not answer; the message names it and the fix."""
 
 
 def shorten_mlflow_retries() -> None:
@@ -105,27 +100,6 @@ def check_storage_url(url: str | None, setting: str = "hydra.sweeper.storage",
     raise ServiceUnreachableError(
         f"the Optuna storage {shown} cannot be reached ({parsed.host}:{port}: {reason}): start the database "
         f"server, or fix {setting} (the default, sqlite:///outputs/optuna.db, needs no server)"
-    )
-
-
-_LOST = re.compile(r"API request to (https?://[^/\s]+)\S* failed with exception .*?"
-                   r"(Connection refused|Failed to establish a new connection|Read timed out|Max retries exceeded)")
-
-
-def tracking_server_lost(error: BaseException) -> ServiceUnreachableError | None:
-    """An MLflow call that failed because the tracking server stopped answering during the run, as the
-    sentence to stop with (None for any other error)."""
-    if type(error).__name__ != "MlflowException":
-        return None
-    message = " ".join(str(error).split())
-    found = _LOST.search(message)
-    if found is None:
-        return None
-    reason = "connection refused" if "Connection refused" in message else "no answer"
-    return ServiceUnreachableError(
-        f"the MLflow tracking server {found.group(1)} stopped answering during the run ({reason}, after MLflow's "
-        "retries): the checkpoints written so far are kept; start the server again and resume with "
-        "train.ckpt_path=last, or resume with logger=csv to train on without it"
     )
 
 

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optsweep.sweeper.attrs import FAILURE_ATTR, REPLICATE_ATTR, REPLICATE_OF_ATTR, RUN_ID_ATTR, WORKER_ATTR
+
 if TYPE_CHECKING:
     import optuna
 
@@ -40,14 +42,6 @@ log = logging.getLogger(__name__)
 TRIAL_ENV = "OPTSWEEP_TRIAL_ID"
 SWEEP_ENV = "OPTSWEEP_SWEEP"
 
-# user attribute names shared with the sweeper
-RUN_ID_ATTR = "mlflow_run_id"
-FAILURE_ATTR = "failure_reason"
-PRUNED_ATTR = "pruned_at_step"
-REPLICATE_ATTR = "replicate"  # set on the replicate study's trials (optsweep.sweeper.replicates)
-REPLICATE_OF_ATTR = "replicate_of"
-SWEEPER_ATTR = "sweeper"  # {"machine", "pid"} of the sweeper that took the trial (and will tell its result)
-WORKER_ATTR = "worker"  # {"machine", "pid"} of the process that trained it
 
 
 def machine() -> str:

@@ -38,7 +38,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from optsweep import services
+from optsweep import errors, services
+from optsweep.sweeper import attrs as attr_names
 from optsweep.sweeper import context, guards, replicates
 from optsweep.sweeper._locks import sqlite_creation_lock
 from optsweep.sweeper.context import machine as _machine
@@ -282,7 +283,7 @@ class OptunaSweep:
         for _ in range(count):
             trial = study.ask()
             # claim it for this sweeper before anything else can go wrong (the job names its own process)
-            trial.set_user_attr(context.SWEEPER_ATTR, {"machine": self.machine, "pid": self.pid})
+            trial.set_user_attr(attr_names.SWEEPER_ATTR, {"machine": self.machine, "pid": self.pid})
             trial.set_user_attr("heartbeat", time.time())
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
@@ -346,8 +347,8 @@ class OptunaSweep:
         unreachable = None
         for (trial, _), ret in zip(jobs, returns, strict=True):
             error = ret._return_value if ret.status == JobStatus.FAILED else None
-            error = services.tracking_server_lost(error) or error if error is not None else None
-            if isinstance(error, services.ServiceUnreachableError):
+            error = errors.tracking_server_lost(error) or error if error is not None else None
+            if isinstance(error, errors.ServiceUnreachableError):
                 # the tracking server went away: not the trial's fault; it waits for the next run (and
                 # resumes from its checkpoints when it got far enough to write one)
                 self._requeue(study, study._storage.get_trial(trial._trial_id), f"tracking server: {error}")
@@ -365,7 +366,7 @@ class OptunaSweep:
                         signal.Signals(stopped_by).name)
             raise SystemExit(128 + stopped_by)
         if unreachable is not None:
-            raise services.ServiceUnreachableError(
+            raise errors.ServiceUnreachableError(
                 f"{unreachable}; the sweep stopped (its unstarted trials wait): run the same command again to continue it")
         return list(raised.values())
 
@@ -388,22 +389,22 @@ class OptunaSweep:
             if problem is None:
                 self._finish(study, trial, TrialState.COMPLETE, values, None)
             else:
-                self._finish(study, trial, TrialState.FAIL, None, attrs.get(context.FAILURE_ATTR) or problem)
+                self._finish(study, trial, TrialState.FAIL, None, attrs.get(attr_names.FAILURE_ATTR) or problem)
             return False
         error = ret._return_value
-        if isinstance(error, optuna.TrialPruned) or context.PRUNED_ATTR in attrs:
+        if isinstance(error, optuna.TrialPruned) or attr_names.PRUNED_ATTR in attrs:
             self._finish(study, trial, TrialState.PRUNED, None, None)
             return False
         trial.set_user_attr("traceback", "".join(traceback.format_exception(error))[-4000:])
-        reason = attrs.get(context.FAILURE_ATTR) or f"{type(error).__name__}: {error}"[:2000]
+        reason = attrs.get(attr_names.FAILURE_ATTR) or f"{type(error).__name__}: {error}"[:2000]
         self._finish(study, trial, TrialState.FAIL, None, reason)
         return True
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState,
                 values: list[float] | None, reason: str | None) -> None:
         if reason is not None:
-            trial.set_user_attr(context.FAILURE_ATTR, reason)
-        run_id = trial.user_attrs.get(context.RUN_ID_ATTR)
+            trial.set_user_attr(attr_names.FAILURE_ATTR, reason)
+        run_id = trial.user_attrs.get(attr_names.RUN_ID_ATTR)
         frozen = study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
         shown = f"value={values[0] if len(values or []) == 1 else values}" if values else (reason or "")
         log.info("trial %d %s %s", frozen.number, frozen.state.name, shown)
@@ -419,7 +420,7 @@ class OptunaSweep:
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # the sweeper that took it tells the result; older studies recorded it as `worker`
-            worker = trial.user_attrs.get(context.SWEEPER_ATTR) or trial.user_attrs.get(context.WORKER_ATTR) or {}
+            worker = trial.user_attrs.get(attr_names.SWEEPER_ATTR) or trial.user_attrs.get(attr_names.WORKER_ATTR) or {}
             beat = trial.user_attrs.get("heartbeat")
             why = None
             if worker.get("machine") == self.machine and (worker.get("pid") == self.pid

@@ -7,7 +7,7 @@ import math
 import optuna
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from optsweep.sweeper.context import PRUNED_ATTR
+from optsweep.sweeper.attrs import PRUNED_ATTR
 
 
 class OptunaPruning(Callback):

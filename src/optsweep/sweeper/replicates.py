@@ -16,7 +16,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optsweep.sweeper.context import REPLICATE_ATTR, REPLICATE_OF_ATTR
+from optsweep.sweeper.attrs import REPLICATE_ATTR, REPLICATE_OF_ATTR
 from optsweep.sweeper.search_space import VARIANT, SweepConfigError
 
 __all__ = ["REPLICATE_ATTR", "REPLICATE_OF_ATTR", "SEED_ATTR", "plan", "seeds_for"]
