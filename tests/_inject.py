@@ -15,14 +15,22 @@ import torch
 
 
 class SignalAt(L.Callback):
-    """Sends ``signum`` (a name like SIGTERM or SIGKILL) to its own process right after optimizer step ``step``."""
+    """Sends ``signum`` (a name like SIGTERM or SIGKILL) to its own process right after optimizer step ``step``;
+    with ``children``, to its child processes (the data loader's workers) first, as Ctrl-C in a terminal
+    reaches the whole process group."""
 
-    def __init__(self, step: int, signum: str = "SIGTERM") -> None:
+    def __init__(self, step: int, signum: str = "SIGTERM", children: bool = False) -> None:
         self.step = step
         self.signum = getattr(signal, signum)
+        self.children = children
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step and not trainer.fit_loop._should_accumulate():
+            if self.children:
+                import multiprocessing
+
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, self.signum)
             os.kill(os.getpid(), self.signum)
 
 
@@ -37,6 +45,30 @@ class NanAt(L.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.view(-1)[0] = float("nan")
+
+
+class SweepFaults(L.Callback):
+    """In a sweep, by trial number: trial ``nan_trial`` gets NaN weights after optimizer step ``step`` (as
+    ``NanAt``); trial ``kill_trial`` SIGKILLs its process (the whole sweep, under Hydra's basic launcher)
+    right after step ``step``, once: ``marker`` remembers it, so the trial runs through when resumed."""
+
+    def __init__(self, step: int, nan_trial: int, kill_trial: int, marker: str) -> None:
+        self.step = step
+        self.nan_trial = nan_trial
+        self.kill_trial = kill_trial
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from optsweep.sweeper import context
+
+        if trainer.global_step != self.step or trainer.fit_loop._should_accumulate():
+            return
+        trial = context.current()
+        if trial is not None and trial.number == self.nan_trial:
+            NanAt(self.step).on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        elif trial is not None and trial.number == self.kill_trial and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DumpOptimizerState(L.Callback):
@@ -100,8 +132,9 @@ class KillDuringSave(L.Callback):
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def run_py(tmp, *overrides: str, timeout: int = 300):
-    """run.py with outputs under ``tmp/outputs``, the sample corpus shared beside ``tmp``, this module importable."""
+def run_py(tmp, *overrides: str, timeout: int = 300, multirun: bool = False):
+    """run.py with outputs under ``tmp/outputs``, the sample corpus shared beside ``tmp``, this module importable;
+    ``multirun``: ``run.py -m`` (a sweep)."""
     import subprocess
     import sys
 
@@ -109,7 +142,8 @@ def run_py(tmp, *overrides: str, timeout: int = 300):
     env = {**os.environ, "PROJECT_ROOT": str(tmp), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, str(ROOT / "run.py"), f"paths.data_dir={tmp.parent / 'shared-data'}", *overrides]
+    cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []),
+           f"paths.data_dir={tmp.parent / 'shared-data'}", *overrides]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
 
 

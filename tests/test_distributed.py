@@ -10,8 +10,13 @@ process up to float summation order. DDP and FSDP2 see identical micro batches o
 A full-format checkpoint (one file) resumes under the other strategy: a run resumed at step 2 must log what
 the uninterrupted run logged at steps 3-4, and its ranks must hold the saved optimizer state, sharded on
 dim 0 where the optimizer shards it and whole (identical on both ranks) elsewhere. A sharded (DCP)
-checkpoint folder resumes under FSDP2 the same way, with every optimizer, including SCALE (no state for
-its hidden matrices) and plain SGD (no state at all).
+checkpoint folder resumes under FSDP2 the same way (SCALE through Lightning here: no state for its hidden
+matrices; every optimizer of the registry, plain SGD's empty state included, in the two-process worker).
+
+Each path is run once (every run costs two processes' imports): DDP into FSDP2 from a file for an
+element-wise optimizer (AdamW), SCALE and a whole-matrix one (GaLore; Muon's state is shaped like AdamW's),
+FSDP2 into DDP from a file, FSDP2 from a DCP folder. The FSDP2 runs that the resumes start from are also the
+runs compared with DDP (the checkpoint format does not change training).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ def args(corpus, *extra: str) -> list[str]:
 
 
 TWO = {"ddp": ["strategy=ddp", "trainer.devices=2"],
+       # run as sweeps run it, under Hydra multirun (-m, one job), where strategy=ddp cannot; no validation
+       # outside fit (each trainer.validate would spawn two more processes)
+       "ddp_spawn": ["strategy=ddp_spawn", "trainer.devices=2", "train.eval_at_start=false"],
        "fsdp": ["strategy=fsdp", "trainer.devices=2", "strategy.save_distributed_checkpoint=false"],  # full files
        "fsdp_dcp": ["strategy=fsdp", "trainer.devices=2", "strategy.save_distributed_checkpoint=true"],  # folders
        "single": []}
@@ -67,7 +75,8 @@ def curves(corpus, strategy: str, optimizer: str):
     key = (strategy, optimizer)
     if key not in _runs:
         tmp = corpus[0] / f"{strategy}-{optimizer}"
-        result = run_py(tmp, *args(corpus, f"optimizer={optimizer}", *TWO[strategy]), timeout=600)
+        result = run_py(tmp, *args(corpus, f"optimizer={optimizer}", *TWO[strategy]), timeout=600,
+                        multirun=strategy == "ddp_spawn")
         assert result.returncode == 0, result.stderr[-3000:]
         _runs[key] = tmp, {m: {s: v[0] for s, v in history(tmp, m, "dist").items()}
                            for m in ("train/loss", "val/loss", *RESUMED)}
@@ -90,10 +99,22 @@ def test_ddp_matches_one_process_with_the_same_global_batch(corpus):
         close(single[metric], ddp[metric], TOL_SINGLE)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "scale"])
-def test_fsdp2_matches_ddp(corpus, optimizer):
+def test_ddp_spawn_trains_as_ddp(corpus):
+    """strategy=ddp_spawn, in a Hydra multirun as sweeps use it, trains the same run as strategy=ddp does alone."""
+    _, ddp = curves(corpus, "ddp", "adamw")
+    tmp, spawn = curves(corpus, "ddp_spawn", "adamw")
+    assert sorted(spawn["val/loss"]) == [2, 4]  # no evaluation at step 0 (train.eval_at_start=false)
+    close(spawn["train/loss"], ddp["train/loss"], 0.0)
+    close(spawn["val/loss"], {s: ddp["val/loss"][s] for s in (2, 4)}, 0.0)
+    assert spawn["tokens/seen"] == ddp["tokens/seen"]
+    total, per_device = (history(tmp, m, "dist") for m in ("throughput/tokens_per_s", "throughput/tokens_per_s_per_device"))
+    assert sorted(total) == [1, 2, 3, 4] and all(total[s] == [2 * per_device[s][0]] for s in total)
+
+
+@pytest.mark.parametrize(("optimizer", "fsdp_run"), [("adamw", "fsdp"), ("scale", "fsdp_dcp")])
+def test_fsdp2_matches_ddp(corpus, optimizer, fsdp_run):
     _, ddp = curves(corpus, "ddp", optimizer)
-    _, fsdp = curves(corpus, "fsdp", optimizer)
+    _, fsdp = curves(corpus, fsdp_run, optimizer)
     for metric in ("train/loss", "val/loss"):
         close(ddp[metric], fsdp[metric], TOL_FSDP)
     assert fsdp["train/loss"][STEPS] < fsdp["train/loss"][1]
@@ -167,7 +188,6 @@ def held_as_saved(ckpt, held: list[dict]) -> dict[str, set]:
     return kinds
 
 
-# Muon's and every other optimizer's sharded resume: test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint
 @pytest.mark.parametrize("optimizer", ["adamw", "scale", "galore"])
 def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus, optimizer):
     ckpt, logged, held = resume(corpus, "ddp", "fsdp", optimizer)
@@ -184,13 +204,13 @@ def test_ddp_checkpoint_resumes_under_fsdp2_full_format(corpus, optimizer):
 
 
 def test_fsdp2_full_checkpoint_resumes_under_ddp(corpus):
-    """The way back: an FSDP2 full file resumes under DDP (a full file into FSDP2 is the test above)."""
+    """The way back (a full file into FSDP2 is the test above: DDP and FSDP2 write the same layout)."""
     ckpt, logged, held = resume(corpus, "fsdp", "ddp", "adamw")
     _, fsdp = curves(corpus, "fsdp", "adamw")
     worst = same_as_uninterrupted(logged, fsdp, TOL_FSDP)
     print(f"adamw: resumed under DDP vs uninterrupted FSDP2, max loss difference {worst:.2e}")
     kinds = held_as_saved(ckpt, held)
-    assert not kinds["shard"], kinds
+    assert not kinds["shard"] and kinds["whole"], kinds
 
 
 def test_other_world_size_on_resume_says_why_not(corpus):
@@ -205,21 +225,17 @@ def test_other_world_size_on_resume_says_why_not(corpus):
 
 # --- sharded (DCP) checkpoints -----------------------------------------------------------------------------
 
-# GaLore's whole-matrix state from a DCP folder: test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint
-@pytest.mark.parametrize("optimizer", ["adamw", "scale"])
-def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, optimizer):
-    ckpt, logged, held = resume(corpus, "fsdp_dcp", "fsdp_dcp", optimizer)
+def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus):
+    ckpt, logged, held = resume(corpus, "fsdp_dcp", "fsdp_dcp", "scale")
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file()
-    _, uninterrupted = curves(corpus, "fsdp_dcp", optimizer)
+    _, uninterrupted = curves(corpus, "fsdp_dcp", "scale")
     worst = same_as_uninterrupted(logged, uninterrupted, TOL_FSDP)
-    print(f"{optimizer}: resumed from a DCP folder vs uninterrupted FSDP2, max loss difference {worst:.2e}")
+    print(f"scale: resumed from a DCP folder vs uninterrupted FSDP2, max loss difference {worst:.2e}")
     kinds = held_as_saved(ckpt, held)
-    if optimizer == "scale":  # AdamW moments for the 5 norm weights, lm_head's momentum; no hidden matrix
-        assert len(held[0]) == 6, sorted(held[0])
-        assert kinds == {"shard": {("momentum_buffer", 2), ("exp_avg", 1), ("exp_avg_sq", 1)},
-                         "whole": {("step", 0)}}, kinds
-    else:
-        assert ("exp_avg", 2) in kinds["shard"] and all(ndim == 0 for _, ndim in kinds["whole"]), kinds
+    # AdamW moments for the 5 norm weights, lm_head's momentum; no state for the hidden matrices
+    assert len(held[0]) == 6, sorted(held[0])
+    assert kinds == {"shard": {("momentum_buffer", 2), ("exp_avg", 1), ("exp_avg_sq", 1)},
+                     "whole": {("step", 0)}}, kinds
 
 
 def test_every_optimizer_resumes_exactly_from_a_sharded_checkpoint(tmp_path):

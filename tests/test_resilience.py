@@ -2,6 +2,8 @@
 
 The reference is one uninterrupted run; every interrupted run must log, after its resume, exactly the same
 train/val losses at every step (bit-exact: CPU fp32, the data position, RNG and optimizer state restored).
+The runs read C4's shard format from disk (``data=c4_local`` on the sample corpus's four train shards) with
+two loader workers, so every resume must also put each worker back at its place in its shards.
 Saves are crash-safe under DDP and FSDP2, in both of FSDP2's formats (a file, a DCP folder): a crash in
 the middle of one leaves the previous checkpoint whole, and ``train.ckpt_path=last`` resumes from it.
 """
@@ -19,26 +21,34 @@ import torch
 from _inject import history, mlflow_run, run_py
 from torch.distributed.checkpoint import load as dcp_load
 
+from optsweep.data.sample import ensure_sample
 from optsweep.training import checkpointing
 from optsweep.training.callbacks import DivergenceError, DivergenceGuard
 
 torch.set_num_threads(1)
 
 STEPS = 10
-BASE = ["experiment=quickstart", "data.seq_len=32", "data.val_tokens=600", "train.total_batch_size=8",
-        "train.micro_batch_size=4", "train.warmup_steps=2", f"train.max_steps={STEPS}",
-        "train.eval_every_n_steps=2", "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=4"]
 CKPTS = "outputs/checkpoints/quickstart/adamw-llama_tiny-seed42"
 
 
-def inject(kind: str, **kwargs) -> list[str]:
-    return [f"+callbacks.inject._target_=_inject.{kind}"] + [f"+callbacks.inject.{k}={v}" for k, v in kwargs.items()]
+def inject(kind: str, key: str = "inject", **kwargs) -> list[str]:
+    return [f"+callbacks.{key}._target_=_inject.{kind}"] + [f"+callbacks.{key}.{k}={v}" for k, v in kwargs.items()]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def base(tmp_path_factory) -> list[str]:
+    """The runs' overrides: the sample corpus's shards read as local C4, shuffled, by 2 workers."""
+    shards = ensure_sample(tmp_path_factory.getbasetemp() / "shared-data" / "sample")
+    return ["experiment=quickstart", "data=c4_local", f"data.path={shards}", f"data.tokenizer={shards}",
+            "data.num_workers=2", "data.shuffle_buffer=200", "data.seq_len=32", "data.val_tokens=600",
+            "train.total_batch_size=8", "train.micro_batch_size=4", "train.warmup_steps=2", f"train.max_steps={STEPS}",
+            "train.eval_every_n_steps=2", "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, base):
     tmp = tmp_path_factory.mktemp("reference")
-    result = run_py(tmp, *BASE)
+    result = run_py(tmp, *base)
     assert result.returncode == 0, result.stderr[-3000:]
     return {m: history(tmp, m) for m in ("train/loss", "val/loss")}
 
@@ -51,39 +61,47 @@ def assert_same_curves(tmp: Path, reference: dict) -> None:
             assert all(v == ref[step][0] for v in values), (metric, step, values, ref[step])
 
 
-def test_sigkill_midway_then_resume_is_bit_exact(tmp_path, reference):
-    killed = run_py(tmp_path, *BASE, *inject("SignalAt", step=6, signum="SIGKILL"))
+def test_sigkill_midway_then_resume_is_bit_exact(tmp_path, reference, base):
+    killed = run_py(tmp_path, *base, *inject("SignalAt", step=6, signum="SIGKILL"))
     assert killed.returncode == -signal.SIGKILL
     ckpt = torch.load(tmp_path / CKPTS / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 4  # the newest checkpoint before the kill
     _, before = mlflow_run(tmp_path)
     assert before.info.status == "RUNNING"  # killed mid-training: neither FINISHED (by the first eval) nor KILLED
-    resumed = run_py(tmp_path, *BASE, "train.ckpt_path=last")
+    resumed = run_py(tmp_path, *base, "train.ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, after = mlflow_run(tmp_path)  # asserts there is still exactly one run
     assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
     assert_same_curves(tmp_path, reference)
 
 
-def test_sigterm_saves_marks_killed_and_resumes_exactly(tmp_path, reference):
-    stopped = run_py(tmp_path, *BASE, *inject("SignalAt", step=5, signum="SIGTERM"))
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    assert "stopped by SIGTERM at step 5" in stopped.stderr
-    ckpt = torch.load(tmp_path / CKPTS / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["global_step"] == 5
-    _, run = mlflow_run(tmp_path)
-    assert run.info.status == "KILLED"
-    resumed = run_py(tmp_path, *BASE, "train.ckpt_path=last")
+def test_ctrl_c_then_sigterm_each_save_mark_killed_and_resume_exactly(tmp_path, reference, base):
+    """Ctrl-C (SIGINT to the run and its loader workers, as a terminal sends it) after step 3; resumed, SIGTERM
+    after step 5; resumed again, the run ends with the uninterrupted run's losses. The three runs share their
+    overrides (the signals are keyed by step, and a resumed run never repeats a step)."""
+    signals = [*inject("SignalAt", key="ctrl_c", step=3, signum="SIGINT", children=True),
+               *inject("SignalAt", key="preempt", step=5, signum="SIGTERM")]
+    first_run = None
+    for signum, step, resume in ((signal.SIGINT, 3, []), (signal.SIGTERM, 5, ["train.ckpt_path=last"])):
+        stopped = run_py(tmp_path, *base, *signals, *resume)
+        assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+        assert f"stopped by {signal.Signals(signum).name} at step {step}" in stopped.stderr
+        ckpt = torch.load(tmp_path / CKPTS / "last.ckpt", weights_only=True, map_location="cpu")
+        assert ckpt["global_step"] == step
+        _, run = mlflow_run(tmp_path)
+        assert run.info.status == "KILLED" and run.info.run_id == (first_run or run.info.run_id)
+        first_run = run.info.run_id
+    resumed = run_py(tmp_path, *base, *signals, "train.ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, again = mlflow_run(tmp_path)
-    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.info.run_id == first_run and again.info.status == "FINISHED"
     assert_same_curves(tmp_path, reference)
 
 
-def test_nan_stops_with_step_lr_last_loss_and_keeps_last_good_checkpoint(tmp_path, reference):
+def test_nan_stops_with_step_lr_last_loss_and_keeps_last_good_checkpoint(tmp_path, reference, base):
     # NaN weight after step 6: step 7's loss is NaN; the guard (checking every 10 steps, and before every
     # checkpoint) stops at step 8 before the step-8 checkpoint is written.
-    result = run_py(tmp_path, *BASE, *inject("NanAt", step=6))
+    result = run_py(tmp_path, *base, *inject("NanAt", step=6))
     assert result.returncode == 0, result.stderr[-3000:]  # a diverged run is a result (+inf), not a crash
     logs = result.stderr + "".join(p.read_text() for p in (tmp_path / "outputs" / "runs").rglob("*.log"))
     line = next(x for x in logs.splitlines() if "training diverged" in x)

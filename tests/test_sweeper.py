@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -468,26 +469,64 @@ def test_ready_sweeps_cover_every_optimizer():
     assert {v.optimizer for v in variants.values()} == optimizers
 
 
+def metric_history(root: Path, run_id: str, metric: str) -> dict[int, list[float]]:
+    """step -> every value a run logged (a resumed trial logs the steps after its checkpoint twice)."""
+    with sqlite3.connect(root / "outputs" / "mlflow.db") as db:
+        rows = db.execute("select step, value from metrics where run_uuid = ? and key = ? order by timestamp",
+                          (run_id, metric)).fetchall()
+    out: dict[int, list[float]] = {}
+    for step, value in rows:
+        out.setdefault(step, []).append(value)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "run.py").exists(), reason="needs run.py")
-def test_run_py_sweep_end_to_end(tmp_path):
-    """run.py under the sweeper as a user starts it (no path overrides; PROJECT_ROOT only moves outputs/ to
-    tmp_path, the sweeps and the storage default stay the platform's): two quickstart trials of 2 steps, one
-    parent and two children in MLflow, the study in <outputs>/optuna.db."""
-    data_dir = REPO / "outputs" / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "sweep=scale_lr_momentum", "experiment=quickstart",
-         "hydra.sweeper.n_trials=2", "train.max_steps=2", "train.warmup_steps=1", "train.eval_every_n_steps=2",
-         "train.eval_at_start=false", "data.val_tokens=2000", f"paths.data_dir={data_dir}"],
-        env=env | {"HYDRA_FULL_ERROR": "1", "PROJECT_ROOT": str(tmp_path)},
-        capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
-    )
-    ok(proc)
+def test_run_py_sweep_failure_paths_end_to_end(tmp_path):
+    """run.py under the sweeper as a user starts it (PROJECT_ROOT only moves outputs/ to tmp_path; the sweeps
+    and the storage default stay the platform's): scale_lr_momentum at one fixed point, three quickstart
+    trials of 8 steps that train alike but for tests/_inject.SweepFaults: trial 0 runs through; trial 1's
+    weights turn NaN after step 6; trial 2 is SIGKILLed after step 6 (the whole sweep with it: Hydra's basic
+    launcher runs trials in its process), past its step-4 checkpoint. The same command again resumes trial 2
+    from that checkpoint, and it ends with trial 0's losses, bit for bit (CPU fp32)."""
+    from _inject import run_py
+
+    command = ["sweep=scale_lr_momentum", "experiment=quickstart", "hydra.sweeper.n_trials=3",
+               "optimizer.lr=choice(0.003)", "optimizer.adam_lr=choice(0.01)", "optimizer.momentum=choice(0.9)",
+               "train.max_steps=8", "train.warmup_steps=1", "train.eval_every_n_steps=4", "train.eval_at_start=false",
+               "train.total_batch_size=8", "train.micro_batch_size=8", "data.seq_len=32", "data.val_tokens=600",
+               "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=4",
+               "+callbacks.faults._target_=_inject.SweepFaults", "+callbacks.faults.step=6",
+               "+callbacks.faults.nan_trial=1", "+callbacks.faults.kill_trial=2",
+               f"+callbacks.faults.marker={tmp_path / 'killed-once'}"]
+    killed = run_py(tmp_path, *command, timeout=400, multirun=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
     trials = the_study(tmp_path).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(math.isfinite(t.value) and set(t.params) == {"optimizer.lr", "optimizer.adam_lr", "optimizer.momentum"}
-               for t in trials)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+    assert trials[1].user_attrs["failure_reason"].startswith("training diverged: non-finite loss at step 7")
     _, children = parent_and_children(tmp_path)
-    assert [c["tags"]["optuna.state"] for c in children] == ["COMPLETE", "COMPLETE"]
+    assert [c["status"] for c in children] == ["FINISHED", "FAILED", "RUNNING"]
+    assert children[1]["tags"]["optuna.state"] == "FAIL"
+    assert children[1]["tags"]["optuna.failure_reason"] == trials[1].user_attrs["failure_reason"]
+
+    resumed = run_py(tmp_path, *command, timeout=400, multirun=True)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    trials = the_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    (why,) = trials[2].user_attrs["interruptions"]
+    assert re.fullmatch(r"interrupted: its worker \(pid \d+\) is gone", why), why
+    assert set(trials[0].params) == {"optimizer.lr", "optimizer.adam_lr", "optimizer.momentum"}
+    assert trials[2].params == trials[0].params and math.isfinite(trials[0].value)
+    assert trials[2].value == trials[0].value
+    ckpts = tmp_path / "outputs" / "checkpoints" / "sweeps" / f"optuna-trial-{trials[2]._trial_id}"
+    assert f"resuming from {ckpts}" in resumed.stderr + "".join(
+        p.read_text() for p in (tmp_path / "outputs").rglob("*.log"))
+    _, children = parent_and_children(tmp_path)  # still one child per trial: trial 2 continued its run
+    assert [c["status"] for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert [c["tags"]["optuna.state"] for c in children] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert all(c["tags"].get("optimizer") == "scale" for c in children)
+    for metric, steps in (("train/loss", list(range(1, 9))), ("val/loss", [4, 8])):
+        whole = metric_history(tmp_path, children[0]["id"], metric)
+        again = metric_history(tmp_path, children[2]["id"], metric)
+        assert sorted(whole) == sorted(again) == steps, (metric, whole, again)
+        assert all(v == whole[s][0] for s, values in again.items() for v in values), (metric, whole, again)
