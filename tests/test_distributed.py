@@ -79,7 +79,7 @@ def curves(corpus, strategy: str, optimizer: str):
                         multirun=strategy == "ddp_spawn")
         assert result.returncode == 0, result.stderr[-3000:]
         _runs[key] = tmp, {m: {s: v[0] for s, v in history(tmp, m, "dist").items()}
-                           for m in ("train/loss", "val/loss", *RESUMED)}
+                           for m in ("train/loss", "val/loss", "optimizer/state_bytes", *RESUMED)}
     return _runs[key]
 
 
@@ -97,6 +97,8 @@ def test_ddp_matches_one_process_with_the_same_global_batch(corpus):
     assert single["val/loss"][0] == pytest.approx(ddp["val/loss"][0], abs=1e-6)  # same initial weights
     for metric in ("train/loss", "val/loss"):
         close(single[metric], ddp[metric], TOL_SINGLE)
+    # two replicas of one optimizer hold one optimizer's state as the memory column counts it
+    assert list(ddp["optimizer/state_bytes"].values()) == list(single["optimizer/state_bytes"].values())
 
 
 def test_ddp_spawn_trains_as_ddp(corpus):
@@ -118,6 +120,7 @@ def test_fsdp2_matches_ddp(corpus, optimizer, fsdp_run):
     for metric in ("train/loss", "val/loss"):
         close(ddp[metric], fsdp[metric], TOL_FSDP)
     assert fsdp["train/loss"][STEPS] < fsdp["train/loss"][1]
+    assert list(fsdp["optimizer/state_bytes"].values()) == list(ddp["optimizer/state_bytes"].values())  # shards summed
 
 
 def resume(corpus, source: str, target: str, optimizer: str):

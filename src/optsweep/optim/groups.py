@@ -102,7 +102,9 @@ def infer_role(param: torch.Tensor) -> str:
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held by an optimizer's per-parameter state (every tensor, whatever its name)."""
+    """Bytes of an optimizer's per-parameter state (every tensor, whatever its name), as one unsharded
+    optimizer would hold it: a DTensor counts its global size, so every rank of a run gets the same total
+    (DDP and FSDP2 alike) and it compares with the paper's memory column."""
     total = 0
     for state in optimizer.state.values():
         total += _tensor_bytes(state.values())
@@ -113,9 +115,7 @@ def _tensor_bytes(values: Iterable) -> int:
     total = 0
     for value in values:
         if isinstance(value, torch.Tensor):
-            local = getattr(value, "to_local", None)  # a DTensor counts its local shard
-            tensor = local() if callable(local) else value
-            total += tensor.numel() * tensor.element_size()
+            total += value.numel() * value.element_size()  # a DTensor's numel is its global one
         elif isinstance(value, dict):
             total += _tensor_bytes(value.values())
         elif isinstance(value, (list, tuple)):

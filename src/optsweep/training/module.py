@@ -160,10 +160,9 @@ class LlamaLitModule(L.LightningModule):
         """Optimizer-state bytes (and weights + state), measured once the (lazy) state exists."""
         optimizer = self.trainer.optimizers[0]
         param_bytes = sum(p.numel() * p.element_size() for p in self.llama.parameters())
-        opt_bytes = torch.tensor(float(state_bytes(optimizer)), device=self.device)
-        if self.trainer.world_size > 1:  # sharded states: sum the ranks' shards
-            opt_bytes = self.trainer.strategy.reduce(opt_bytes, reduce_op="sum")
-        self.optimizer_state_bytes = int(opt_bytes)
+        # the whole optimizer's state, the same on every rank (replicated under DDP, global size of a
+        # DTensor under FSDP2); what one device holds is in memory/peak_bytes
+        self.optimizer_state_bytes = state_bytes(optimizer)
         self.log_metrics({  # model/params is logged by train() before the first step
             metric_names.STATE_BYTES: self.optimizer_state_bytes,
             metric_names.MODEL_OPTIMIZER_BYTES: param_bytes + self.optimizer_state_bytes,
