@@ -20,12 +20,11 @@ parameters after the last (sum, abs_sum in float64, first 6 entries).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import sys
 
 import torch
+from _released import load_released
 
 from optsweep.models.llama import ModelSpec, build_llama
 
@@ -77,11 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("soap_py", help="path to the released soap.py")
     args = parser.parse_args()
-    with open(args.soap_py, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    spec = importlib.util.spec_from_file_location("released_soap", args.soap_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module, digest = load_released(args.soap_py, "released_soap")
     torch.set_num_threads(1)
     golden = {
         "how": f"github nikhilvyas/SOAP commit {COMMIT}, soap.py (MIT, SHA-256 {digest}), imported from a path "

@@ -19,13 +19,12 @@ plus the commit and SHA-256 of the file that made them.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import re
 import sys
 
 import torch
+from _released import load_released
 
 STEPS = 12
 SPIKES = {3, 8}  # 1-based steps whose gradient carries a spike
@@ -78,11 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stablespam_py", help="path to the released galore_torch/stablespam.py")
     args = parser.parse_args()
-    with open(args.stablespam_py, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    spec = importlib.util.spec_from_file_location("released_stablespam", args.stablespam_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module, digest = load_released(args.stablespam_py, "released_stablespam")
     torch.set_num_threads(1)
     golden = {
         "source": {"repository": "https://github.com/TianjinYellow/StableSPAM",
