@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optsweep.training.validate import device_count
+
 # Lightning's registered strategy names that launch by re-running the script
 _RELAUNCHING_NAMES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",
                       "fsdp_cpu_offload", "deepspeed", "model_parallel")
@@ -46,10 +48,9 @@ def _single_device(trainer: Any) -> bool:
     nodes = trainer.get("num_nodes", 1) if trainer is not None else 1
     if nodes not in (1, None):
         return False
-    if devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1):
-        return True
+    count = device_count(devices)
     # Lightning's "auto" devices on CPU is one process
-    return devices in ("auto", -1, "-1") and str(trainer.get("accelerator", "auto")) == "cpu"
+    return count == 1 or (count == -1 and str(trainer.get("accelerator", "auto")) == "cpu")
 
 
 def multirun_blocker(config: DictConfig, choice: str | None = None) -> str | None:

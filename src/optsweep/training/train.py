@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -31,23 +30,9 @@ from optsweep.training.checkpointing import (
     read_checkpoint_meta,
 )
 from optsweep.training.module import LlamaLitModule
-from optsweep.training.validate import check_config, check_vocabulary
+from optsweep.training.validate import check_config, check_vocabulary, world_size
 
 log = logging.getLogger(__name__)
-
-
-def world_size(trainer_cfg: DictConfig) -> int:
-    """Processes that will train: devices per node x nodes (devices may be an int, a list or 'auto')."""
-    devices = trainer_cfg.get("devices", 1)
-    accelerator = trainer_cfg.get("accelerator", "auto")
-    if isinstance(devices, str) and devices not in ("auto", "-1"):
-        devices = int(devices) if devices.isdigit() else len([d for d in devices.split(",") if d])
-    if devices in ("auto", -1, "-1"):
-        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        devices = torch.cuda.device_count() if on_gpu else 1
-    elif not isinstance(devices, int):
-        devices = len(devices)
-    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
 
 
 def build_budget(cfg: DictConfig) -> Budget:

@@ -288,7 +288,7 @@ def check_trainer(trainer: DictConfig) -> None:
         _one_of("trainer.precision", precision, valid, "a precision Lightning knows",
                 f"choose trainer.precision=<one of {_PRECISIONS_SHOWN}>")
     devices = trainer.get("devices", "auto")
-    if _device_count(devices) is None:
+    if device_count(devices) is None:
         raise ConfigError(f"trainer.devices={devices} must be a positive number of devices, a list of device "
                           "indices or auto: set e.g. trainer.devices=1")
     _integer(trainer, "trainer.num_nodes", least=1, example=1)
@@ -315,8 +315,9 @@ def _precisions() -> tuple:
     return tuple(values)
 
 
-def _device_count(devices) -> int | None:
-    """How many devices on this node a ``trainer.devices`` value asks for; -1 for "all"; None if invalid."""
+def device_count(devices) -> int | None:
+    """How many devices on this node a ``trainer.devices`` value asks for; -1 for "all"; None if invalid.
+    The one parser of ``trainer.devices``: checks, the world size and the sweeper's guard all read it here."""
     if devices in ("auto", -1, "-1"):
         return -1
     if _is_int(devices):
@@ -334,6 +335,16 @@ def _device_count(devices) -> int | None:
         if items and all(_is_int(d) and d >= 0 for d in items) and len(set(items)) == len(items):
             return len(items)
     return None
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Processes that will train: devices per node (all GPUs for "auto" or -1 on a GPU, else one) x nodes."""
+    count = device_count(trainer.get("devices", 1)) or 1
+    if count == -1:
+        import torch
+
+        count = torch.cuda.device_count() if _on_gpu(trainer) else 1
+    return count * int(trainer.get("num_nodes", 1) or 1)
 
 
 def _usable_cpus() -> int:
@@ -355,7 +366,7 @@ def check_devices(trainer: DictConfig) -> None:
 
     accelerator = str(trainer.get("accelerator", "auto"))
     devices = trainer.get("devices", 1)
-    count = _device_count(devices)
+    count = device_count(devices)
     if _on_gpu(trainer):  # gpu/cuda, or auto on a machine with CUDA
         available = torch.cuda.device_count()
         if available == 0:
@@ -626,13 +637,12 @@ def check_memory(cfg: DictConfig, model: torch.nn.Module | None) -> None:
     trainer = cfg.trainer
     parameters = sum(p.numel() for p in model.parameters())
     per_weight = _bytes_per_parameter(trainer.get("precision"))
-    count = _device_count(trainer.get("devices", 1)) or 1
     sharded = cfg.strategy.get("name") == "fsdp"
     if _on_gpu(trainer):
         if not torch.cuda.is_available():
             return
         memory = torch.cuda.get_device_properties(0).total_memory
-        world = (torch.cuda.device_count() if count == -1 else count) * int(trainer.get("num_nodes", 1) or 1)
+        world = world_size(trainer)
         need = 2 * per_weight * parameters / (world if sharded else 1)
         where = "each GPU has"
         fix = ("shard it with strategy=fsdp over more GPUs, use trainer.precision=bf16-true, or choose a smaller "
@@ -641,7 +651,8 @@ def check_memory(cfg: DictConfig, model: torch.nn.Module | None) -> None:
         memory = _physical_memory()
         if memory is None:
             return
-        processes = 1 if count == -1 else count
+        per_node = device_count(trainer.get("devices", 1)) or 1
+        processes = 1 if per_node == -1 else per_node  # on CPU "auto" is one process
         need = 2 * per_weight * parameters * (1 if sharded else processes)
         where = "this machine has"
         fix = "choose a smaller model (e.g. model=llama_60m), or train on GPUs with trainer=gpu"
