@@ -315,10 +315,22 @@ def tuned_values(runs: Sequence[RunRecord]) -> dict[str, list[float]]:
     sorted values tried."""
     values: dict[str, set[float]] = {}
     for run in runs:
-        for key, value in run.params.items():
-            if key.startswith("optimizer.") and key != "optimizer.lr" and _numeric(value) is not None:
-                values.setdefault(key, set()).add(_numeric(value))
+        for key, text in run.params.items():
+            value = _numeric(text)
+            if key.startswith("optimizer.") and key != "optimizer.lr" and value is not None:
+                values.setdefault(key, set()).add(value)
     return {key: sorted(v) for key, v in values.items() if len(v) > 1}
+
+
+def values_on_edge(chosen: dict[str, str], tried: dict[str, list[float]]) -> tuple[str, ...]:
+    """``key=value (smallest|largest of n)`` for each tuned value the chosen configuration has at an end."""
+    edges = []
+    for key, values in sorted(tried.items()):
+        value = _numeric(chosen.get(key))
+        if value in (values[0], values[-1]):
+            end = "smallest" if value == values[0] else "largest"
+            edges.append(f"{key}={value:.3g} ({end} of {len(values)})")
+    return tuple(edges)
 
 
 def fairness(cells: Sequence[Cell], selected: Sequence[Summary]) -> list[Fairness]:
@@ -328,11 +340,7 @@ def fairness(cells: Sequence[Cell], selected: Sequence[Summary]) -> list[Fairnes
         runs = [r for c in group for r in c.runs if not r.is_replicate]
         lrs = sorted({r.lr for r in runs if r.lr is not None})
         best = s.cell.lr
-        chosen = s.cell.runs[0].params
-        other_edges = tuple(
-            f"{key}={_numeric(chosen.get(key)):.3g} ({'smallest' if _numeric(chosen.get(key)) == tried[0] else 'largest'}"
-            f" of {len(tried)})"
-            for key, tried in sorted(tuned_values(runs).items()) if _numeric(chosen.get(key)) in (tried[0], tried[-1]))
+        other_edges = values_on_edge(s.cell.runs[0].params, tuned_values(runs))
         rows.append(Fairness(
             s.method, s.model, trials=len([r for r in runs if r.status in ("FINISHED", "FAILED")]),
             configs=len(group), lr_low=lrs[0] if lrs else None, lr_high=lrs[-1] if lrs else None,

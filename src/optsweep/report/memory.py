@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from optsweep.models.llama import ModelSpec, build_llama
-from optsweep.optim.groups import ParamSplit, split_parameters
+from optsweep.optim.groups import ROLES, ParamSplit, split_parameters
 from optsweep.optim.registry import OPTIMIZERS, build_optimizer, optimizer_class
 
 BYTES_PER_ELEMENT = 2  # bf16, as the paper counts weights and states
@@ -420,7 +420,7 @@ def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
 
 
 def _everything(split: ParamSplit) -> int:
-    return sum(split.numel(role) for role in ("hidden", "embedding", "output", "vector"))
+    return sum(split.numel(role) for role in ROLES)
 
 
 def _outside_hidden(split: ParamSplit) -> int:
@@ -440,7 +440,7 @@ def _low_rank(split: ParamSplit, hparams: dict) -> int | None:
 def _factored(split: ParamSplit, hparams: dict) -> int:
     """A row and a column factor per matrix (over its last two dims), vectors whole."""
     return sum(p.shape[:-2].numel() * (p.shape[-2] + p.shape[-1]) if p.ndim > 1 else p.numel()
-               for role in ("hidden", "embedding", "output", "vector") for p in split.of(role))
+               for role in ROLES for p in split.of(role))
 
 
 # Optimizer-state elements as the paper counts them, and for the methods it does not compare, the state
