@@ -65,7 +65,7 @@ CONFIG_CASES = [
     ("one beta", ["optimizer.betas=[0.9]"], ["optimizer.betas=[0.9]", "two numbers", "optimizer.betas=[0.9,0.999]"]),
     ("three betas", ["optimizer.betas=[0.9,0.99,0.5]"], ["optimizer.betas=[0.9,0.99,0.5]", "two numbers"]),
     ("betas a number", ["optimizer.betas=0.9"], ["optimizer.betas=0.9", "a list"]),
-    ("muon adamw_betas", ["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"], ["optimizer.adamw_betas[1]=1.5"]),
+    ("muon adam_betas", ["optimizer=muon", "optimizer.adam_betas=[0.9,1.5]"], ["optimizer.adam_betas[1]=1.5"]),
     ("weight decay", ["optimizer.weight_decay=-0.1"], ["optimizer.weight_decay=-0.1", ">= 0"]),
     ("weight decay text", ["optimizer.weight_decay=abc"], ["optimizer.weight_decay=abc", "finite number"]),
     ("bool option", ["optimizer=sgd", "optimizer.nesterov=yes"], ["optimizer.nesterov=yes", "true or false"]),

@@ -7,14 +7,13 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.apollo import APOLLO, APOLLOMini
 from optsweep.optim.groups import state_bytes
-from optsweep.optim.registry import build_optimizer, optimizer_options
+from optsweep.optim.registry import build_optimizer, optimizer_factory, optimizer_options
 
 SPEC = ModelSpec(name="t", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  vocab_size=97)
@@ -325,9 +324,9 @@ def test_config_registry_and_presets():
     group = mini.param_groups[-1]
     assert isinstance(mini, APOLLOMini)
     assert (group["rank"], group["scale_type"], group["scale"], group["lr"]) == (1, "tensor", 128.0, 0.01)
-    apollo = instantiate(OmegaConf.load("conf/optimizer/apollo.yaml"))(model)
+    apollo = optimizer_factory(OmegaConf.load("conf/optimizer/apollo.yaml"))(model)
     assert type(apollo) is APOLLO and apollo.param_groups[-1]["scale_type"] == "channel"
-    assert isinstance(instantiate(OmegaConf.load("conf/optimizer/apollo_mini.yaml"))(model), APOLLOMini)
+    assert isinstance(optimizer_factory(OmegaConf.load("conf/optimizer/apollo_mini.yaml"))(model), APOLLOMini)
     with pytest.raises(ValueError, match="scale_type"):
         APOLLO(model.parameters(), scale_type="row")
 

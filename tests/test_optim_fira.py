@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.fira import Fira
 from optsweep.optim.groups import state_bytes
-from optsweep.optim.registry import optimizer_options
+from optsweep.optim.registry import optimizer_factory, optimizer_options
 
 SPEC = ModelSpec(name="t", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  vocab_size=97)
@@ -216,7 +215,7 @@ def test_meta_device_step():
 
 
 def test_config_and_presets():
-    opt = instantiate(OmegaConf.load("conf/optimizer/fira.yaml"))(tiny_model())
+    opt = optimizer_factory(OmegaConf.load("conf/optimizer/fira.yaml"))(tiny_model())
     assert isinstance(opt, Fira)
     hidden = next(g for g in opt.param_groups if g["role"] == "hidden")
     assert (hidden["lr"], hidden["alpha"], hidden["norm_growth_limit"]) == (0.01, 0.25, 1.01)

@@ -13,7 +13,7 @@ from torch import nn
 from optsweep.models.llama import ModelSpec, build_llama, count_parameters
 from optsweep.optim.galore import GaLore
 from optsweep.optim.groups import state_bytes
-from optsweep.optim.registry import optimizer_options
+from optsweep.optim.registry import optimizer_factory, optimizer_options
 
 SPEC = ModelSpec(name="t", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  vocab_size=97)
@@ -260,7 +260,7 @@ def test_paper_memory_column(size, rank, gigabytes):
 
 def test_config_and_presets():
     model = tiny_model()
-    opt = instantiate(OmegaConf.load("conf/optimizer/galore.yaml"))(model)
+    opt = optimizer_factory(OmegaConf.load("conf/optimizer/galore.yaml"))(model)
     assert isinstance(opt, GaLore)
     hidden = next(g for g in opt.param_groups if g["role"] == "hidden")
     assert (hidden["lr"], hidden["rank"], hidden["update_proj_gap"], hidden["scale"]) == (0.01, 128, 200, 0.25)

@@ -168,7 +168,7 @@ class PlainMuonWithAuxAdam:
 
 def test_parity_with_keller_jordan_definition_fp32():
     ours_model, ref_model = tiny_model(), tiny_model()
-    ours = build_optimizer(ours_model, "muon", lr=0.02, adamw_lr=3e-3, weight_decay=0.01, ns_dtype="float32")
+    ours = build_optimizer(ours_model, "muon", lr=0.02, adam_lr=3e-3, weight_decay=0.01, ns_dtype="float32")
     ref = PlainMuonWithAuxAdam(ref_model, lr=0.02, adam_lr=3e-3, wd=0.01)
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
     for step in range(5):
@@ -217,7 +217,7 @@ def test_applied_update_is_near_orthogonal():
 # ---------------------------------------------------------------------------------------------------------
 def test_state_dict_round_trip_weights_only_and_exact_resume():
     model = tiny_model()
-    opt = build_optimizer(model, "muon", lr=0.02, adamw_lr=1e-3)
+    opt = build_optimizer(model, "muon", lr=0.02, adam_lr=1e-3)
     for step in range(3):
         backward(model, step)
         opt.step()
@@ -229,7 +229,7 @@ def test_state_dict_round_trip_weights_only_and_exact_resume():
 
     resumed = tiny_model()
     resumed.load_state_dict(saved["model"])
-    resumed_opt = build_optimizer(resumed, "muon", lr=0.02, adamw_lr=1e-3)
+    resumed_opt = build_optimizer(resumed, "muon", lr=0.02, adam_lr=1e-3)
     resumed_opt.load_state_dict(saved["opt"])
     for step in range(3, 6):
         for m, o in ((model, opt), (resumed, resumed_opt)):
@@ -271,11 +271,11 @@ def test_meta_device_step_measures_state():
 
 def test_for_model_groups_and_lr_routing():
     model = tiny_model()
-    opt = build_optimizer(model, "muon", lr=0.02, adamw_lr=3e-4)
+    opt = build_optimizer(model, "muon", lr=0.02, adam_lr=3e-4)
     lrs = {g["role"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"hidden": 0.02, "embedding": 3e-4, "output": 3e-4, "vector": 3e-4}
     with pytest.raises(UnknownOptionError):
-        build_optimizer(model, "muon", adamw_lrr=1.0)
+        build_optimizer(model, "muon", adam_lrr=1.0)
     # Plain param groups without a role: 2-D tensors go to Muon, 1-D to AdamW.
     plain = Muon(model.parameters(), lr=0.02)
     backward(model, 0)
@@ -349,5 +349,5 @@ def run_fsdp2(tmp_path, name, options) -> float:
 @pytest.mark.slow
 def test_fsdp2_sharded_step_matches_unsharded(tmp_path):
     # vocab 97 shards the embedding and lm_head unevenly (49 + 48 rows).
-    worst = run_fsdp2(tmp_path, "muon", {"lr": 0.02, "adamw_lr": 3e-3, "ns_dtype": "float32"})
+    worst = run_fsdp2(tmp_path, "muon", {"lr": 0.02, "adam_lr": 3e-3, "ns_dtype": "float32"})
     assert worst < 1e-6, worst

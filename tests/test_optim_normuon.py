@@ -86,7 +86,7 @@ def test_update_is_normalised_muon_times_the_shape_factor():
 
 def test_groups_and_lr_routing():
     model = tiny_model()
-    opt = build_optimizer(model, "normuon", lr=0.02, adamw_lr=3e-4)
+    opt = build_optimizer(model, "normuon", lr=0.02, adam_lr=3e-4)
     assert {g["role"]: g["lr"] for g in opt.param_groups} == {"hidden": 0.02, "embedding": 3e-4,
                                                               "output": 3e-4, "vector": 3e-4}
     backward(model, 0)
@@ -110,7 +110,7 @@ def test_memory_report_state_is_the_definition():
 
 
 def test_state_dict_round_trip_weights_only_and_exact_resume():
-    assert resumes_exactly("normuon", {"adamw_lr": 3e-3})
+    assert resumes_exactly("normuon", {"adam_lr": 3e-3})
 
 
 def test_bf16_run_keeps_bf16_state():
@@ -145,6 +145,6 @@ def test_closure_is_evaluated_and_returned():
 def test_fsdp2_sharded_step_matches_unsharded(tmp_path):
     from test_optim_muon import run_fsdp2
 
-    worst = run_fsdp2(tmp_path, "normuon", {"lr": 0.02, "adamw_lr": 3e-3, "ns_dtype": "float32",
+    worst = run_fsdp2(tmp_path, "normuon", {"lr": 0.02, "adam_lr": 3e-3, "ns_dtype": "float32",
                                             "weight_decay": 0.1})
     assert worst < 1e-6, worst

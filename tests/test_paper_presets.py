@@ -56,7 +56,7 @@ def test_scale_presets_equal_the_authors_scripts(size):
     assert (opt["name"], opt["normalization"], opt["momentum_on"]) == ("scale", "column", "last")
     assert opt["lr"] == script["lr"] and opt["adam_lr"] == script["adam_lr"]
     assert opt["momentum"] == script["momentum"] and opt["weight_decay"] == script["weight_decay"]
-    assert opt["betas"] == [0.9, 0.999] and opt["eps"] == 1e-8  # --adam_beta_1/2 defaults, adamw_eps
+    assert opt["adam_betas"] == [0.9, 0.999] and opt["adam_eps"] == 1e-8  # --adam_beta_1/2 defaults, adamw_eps
     assert train["total_batch_size"] == 512 and train["micro_batch_size"] == script["batch_size"]
     assert train["max_steps"] == script["steps"] and train["warmup_steps"] == script["warmup"]
     assert train["eval_every_n_steps"] == 1000 and cfg["seed"] == 42

@@ -1,5 +1,5 @@
-"""The optimizers are the files of conf/optimizer/; each is built from the one optimizer class of
-optsweep/optim/<name>.py, so a new optimizer is one .py and one .yaml."""
+"""The optimizers are the files of conf/optimizer/; each yaml targets its class's ``for_model`` directly, so a
+new optimizer is one .py and one .yaml."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim import registry
@@ -41,6 +42,15 @@ def test_the_set_of_optimizers_is_the_config_folder():
     assert sorted(registry.OPTIMIZERS) == sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml"))
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "optimizer").glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_yaml_targets_its_class_and_lists_every_option(path):
+    config = yaml.safe_load(path.read_text())
+    module, cls, factory = config["_target_"].rsplit(".", 2)
+    assert (factory, config["_partial_"], config["name"]) == ("for_model", True, path.stem)
+    assert registry.optimizer_class(path.stem).__name__ == cls and module.startswith("optsweep.optim.")
+    assert set(config) - {"_target_", "_partial_", "name"} == registry.optimizer_options(path.stem)
+
+
 @pytest.fixture
 def signum(monkeypatch, tmp_path):
     """optsweep/optim/signum.py and its registry entry, as if just written (the file lives in tmp_path)."""
@@ -49,7 +59,7 @@ def signum(monkeypatch, tmp_path):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, module.__name__, module)
     spec.loader.exec_module(module)
-    monkeypatch.setitem(registry.OPTIMIZERS, "signum", module.__name__)
+    monkeypatch.setitem(registry.OPTIMIZERS, "signum", f"{module.__name__}:Signum")
     return module
 
 
@@ -71,12 +81,23 @@ def test_a_new_optimizer_is_its_file(signum):
 def test_a_new_optimizer_is_in_the_memory_report(signum, tmp_path):
     conf = shutil.copytree(ROOT / "conf", tmp_path / "conf")
     (conf / "optimizer" / "signum.yaml").write_text(
-        "_target_: optsweep.optim.build_optimizer\n_partial_: true\nname: signum\nlr: 1.0e-3\n")
+        "_target_: optsweep.optim.signum.Signum.for_model\n_partial_: true\nname: signum\nlr: 1.0e-3\n"
+        "momentum: 0.9\n")
     (row,) = memory.memory_rows(["signum"], ["llama_60m"], conf_dir=conf)
     assert row.measured_gb == pytest.approx(2 * row.params * 2 / 1e9, rel=1e-3)  # weights + one buffer, bf16
 
 
-def test_a_file_with_two_optimizers_must_say_which(monkeypatch, signum):
-    signum.Other = type("Other", (signum.Signum,), {"__module__": signum.__name__})
-    with pytest.raises(registry.UnknownOptimizerError, match="defines 2 optimizer classes"):
+def test_a_yaml_naming_a_missing_class_or_file_says_which(monkeypatch, signum):
+    monkeypatch.setitem(registry.OPTIMIZERS, "signum", f"{signum.__name__}:Signom")
+    with pytest.raises(registry.UnknownOptimizerError, match="targets Signom, which optsweep.optim.signum does not"):
         registry.optimizer_class("signum")
+    monkeypatch.setitem(registry.OPTIMIZERS, "signum", "optsweep.optim.signom:Signum")
+    with pytest.raises(registry.UnknownOptimizerError, match="write src/optsweep/optim/signom.py"):
+        registry.optimizer_class("signum")
+
+
+def test_options_passed_on_to_the_constructor_are_options_with_its_defaults():
+    """Muon's for_model names only lr and adam_lr and passes the rest to Muon(...): both are its options."""
+    options = registry.option_parameters("muon")
+    assert options["adam_lr"].default is None and options["momentum"].default == 0.95
+    assert options["adam_betas"].default == (0.9, 0.95) and "params" not in options and "options" not in options

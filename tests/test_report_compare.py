@@ -313,17 +313,17 @@ def test_default_store_and_output_follow_project_root(monkeypatch, tmp_path, cap
 
 
 def test_a_second_tuned_lr_on_the_edge_is_flagged(tmp_path):
-    """Muon-like search over lr and adamw_lr: the best lr (1e-2) is inside its range, the best adamw_lr
+    """Muon-like search over lr and adam_lr: the best lr (1e-2) is inside its range, the best adam_lr
     (3e-3) is the largest of the two tried; a value the search held fixed (momentum) is never flagged."""
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("two-lrs", artifact_location=str(tmp_path / "a"))
-    for lr, adamw_lr, final in ((1e-2, 1e-3, 3.0), (1e-2, 3e-3, 2.8), (3e-2, 3e-3, 2.9), (3e-3, 3e-3, 3.1)):
+    for lr, adam_lr, final in ((1e-2, 1e-3, 3.0), (1e-2, 3e-3, 2.8), (3e-2, 3e-3, 2.9), (3e-3, 3e-3, 3.1)):
         _log_run(client, exp, "muon", seed=0, final=final, lr=lr,
-                 params={"optimizer.adamw_lr": adamw_lr, "optimizer.momentum": 0.95})
+                 params={"optimizer.adam_lr": adam_lr, "optimizer.momentum": 0.95})
     report = compare.build_report(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiments=["two-lrs"],
                                   out=tmp_path / "r", log=False, plots=False)
     (fair,) = report.fairness
     assert fair.best_lr == 1e-2 and not fair.best_on_edge
-    assert fair.other_edges == ("optimizer.adamw_lr=0.003 (largest of 2)",)
-    assert "**optimizer.adamw_lr=0.003 (largest of 2)**: widen" in (tmp_path / "r" / "report.md").read_text()
-    assert _csv(tmp_path / "r" / "fairness.csv")[0]["other_values_on_edge"] == "optimizer.adamw_lr=0.003 (largest of 2)"
+    assert fair.other_edges == ("optimizer.adam_lr=0.003 (largest of 2)",)
+    assert "**optimizer.adam_lr=0.003 (largest of 2)**: widen" in (tmp_path / "r" / "report.md").read_text()
+    assert _csv(tmp_path / "r" / "fairness.csv")[0]["other_values_on_edge"] == "optimizer.adam_lr=0.003 (largest of 2)"

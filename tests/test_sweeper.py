@@ -438,7 +438,7 @@ def test_project_sweeps_compose_and_parse(sweep):
 @pytest.mark.skipif(not (REPO / "conf" / "config.yaml").exists(), reason="needs the project's conf/")
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweeps_tune_or_tie_every_learning_rate(sweep):
-    """Where a sweep tunes optimizer.lr, every other lr of that optimizer (Muon's adamw_lr, SCALE's and
+    """Where a sweep tunes optimizer.lr, every other lr of that optimizer (Muon's adam_lr, SCALE's and
     SWAN's adam_lr) is tuned too or tied to it (null); and the file says which."""
     from omegaconf import OmegaConf
 

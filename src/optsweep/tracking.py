@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -27,15 +26,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from optsweep.paths import repo_root
+
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "lightning", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
             "optuna", "mlflow", "torchdata", "optsweep")
-
-
-def code_root() -> Path:
-    """The checkout the code runs from (run.py says where; else the editable install's source tree)."""
-    return Path(os.environ.get("OPTSWEEP_REPO") or Path(__file__).resolve().parents[2])
 
 
 def git_state(root: str | Path) -> dict[str, str]:
@@ -80,7 +76,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "seed": str(cfg.seed),
         "task": str(cfg.task_name),
     }
-    tags.update(git_state(code_root()))
+    tags.update(git_state(repo_root()))
     return tags
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from optsweep.models.llama import ModelSpec, build_llama
+from optsweep.optim.registry import optimizer_factory
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "optimizer"
 STEPS = 10
@@ -42,7 +42,7 @@ OVERRIDES: dict[str, dict] = {
     "sgd": {"lr": 0.5},
     "scale": {"lr": 1e-2},
     "stable_spam": {"lr": 3e-3, "update_proj_gap": 4},  # MoRet resets on steps 4 and 8
-    "muon": {"adamw_lr": 3e-3},
+    "muon": {"adam_lr": 3e-3},
     # SVD / random-projection refreshes on steps 1, 5, 9; a non-zero decay so a dropped decay shows
     "galore": {"rank": 8, "update_proj_gap": 4, "weight_decay": 0.1},
     "fira": {"rank": 8, "update_proj_gap": 4, "weight_decay": 0.1},
@@ -56,7 +56,7 @@ OVERRIDES: dict[str, dict] = {
     # eigenbasis refreshes within the ten steps; only the 32-wide sides rotated: their factors are full rank,
     # while a 128-token side fed 64 tokens a batch has a null space whose eigenbasis differs between CPUs
     "soap": {"precondition_frequency": 3, "max_precond_dim": 32},
-    "normuon": {"adamw_lr": 3e-3},
+    "normuon": {"adam_lr": 3e-3},
 }
 
 
@@ -88,7 +88,7 @@ def golden_losses(name: str) -> list[float]:
     """The loss of each batch, before the first step and after each of ``STEPS`` steps."""
     torch.manual_seed(0)
     model = build_llama(SPEC)
-    optimizer = instantiate(optimizer_config(name))(model)
+    optimizer = optimizer_factory(optimizer_config(name))(model)
     losses = []
     for step, batch in enumerate(batches()):
         loss = model(input_ids=batch, labels=batch).loss

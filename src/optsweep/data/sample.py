@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from optsweep.data.c4 import DataUnavailableError, shard_name, write_shard
+from optsweep.paths import repo_root
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
 
 def default_cache_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "outputs" / "data" / "sample"
+    return repo_root() / "outputs" / "data" / "sample"
 
 
 # --- documents -----------------------------------------------------------------------------------------

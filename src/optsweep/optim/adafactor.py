@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel, closure_loss
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ def adafactor_direction(
     return update.div_((_rms(update) / d).clamp_(min=1.0))
 
 
-class Adafactor(torch.optim.Optimizer):
+class Adafactor(ForModel, torch.optim.Optimizer):
     """Adafactor without momentum, as the paper's Algorithms 4 and 5. See the module docstring."""
 
     def __init__(
@@ -97,27 +97,9 @@ class Adafactor(torch.optim.Optimizer):
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps1, "eps2": eps2, "d": d, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-2,
-        beta2_decay: float = -0.8,
-        eps1: float = 1e-30,
-        eps2: float = 1e-3,
-        d: float = 1.0,
-        weight_decay: float = 0.0,
-    ) -> Adafactor:
-        # The authors factor every matrix and train every weight with Adafactor: roles only label the groups.
-        return cls(role_groups(split_parameters(model)), lr=lr, beta2_decay=beta2_decay, eps1=eps1, eps2=eps2, d=d,
-                   weight_decay=weight_decay)
-
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

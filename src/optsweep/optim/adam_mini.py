@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from optsweep.optim import sharding
+from optsweep.optim.base import closure_loss
 from optsweep.optim.groups import split_parameters
 
 BLOCKS = ("head", "neuron", "tensor")
@@ -135,10 +136,7 @@ class AdamMini(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

@@ -21,10 +21,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel, closure_loss
 
 
 def alpha_schedule(step: int, alpha: float, warmup: int | None) -> float:
@@ -80,7 +80,7 @@ def ademamix_direction(
     return fast.div(1 - beta1**step).add_(m2, alpha=alpha).div_(denom)
 
 
-class AdEMAMix(torch.optim.Optimizer):
+class AdEMAMix(ForModel, torch.optim.Optimizer):
     """AdEMAMix with the paper's alpha and beta3 warmups. ``p <- p - lr (direction + wd p)``."""
 
     def __init__(
@@ -110,28 +110,9 @@ class AdEMAMix(torch.optim.Optimizer):
                     "alpha_warmup": alpha_warmup, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        beta3: float = 0.9999,
-        alpha: float = 8.0,
-        beta3_warmup: int | None = None,
-        alpha_warmup: int | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> AdEMAMix:
-        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, beta3=beta3, alpha=alpha,
-                   beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup, eps=eps, weight_decay=weight_decay)
-
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

@@ -62,25 +62,10 @@ class APOLLO(LowRankAdam):
                          scale_front=scale_front, seed=seed, norm_growth_limit=norm_growth_limit)
 
     @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 0.01,
-        rank: int = 128,
-        update_proj_gap: int = 200,
-        scale_type: str = "channel",
-        scale: float = 1.0,
-        scale_front: bool = False,
-        seed: int = 0,
-        norm_growth_limit: float | None = 1.01,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-    ) -> APOLLO:
-        return cls(hidden_last(role_groups(split_parameters(model))), lr=lr, rank=rank,
-                   update_proj_gap=update_proj_gap, scale_type=scale_type, scale=scale, scale_front=scale_front,
-                   seed=seed, norm_growth_limit=norm_growth_limit, betas=betas, eps=eps,
-                   weight_decay=weight_decay)
+    def for_model(cls, model: nn.Module, **options) -> APOLLO:
+        """Hidden matrices last, so each starts from the official seed (see ``hidden_last``); ``options``: the
+        constructor's."""
+        return cls(hidden_last(role_groups(split_parameters(model))), **options)
 
     def init_projected_state(self, state, group, index):
         state["seed"] = group["seed"] + index
@@ -118,24 +103,3 @@ class APOLLOMini(APOLLO):
         super().__init__(params, lr=lr, rank=rank, update_proj_gap=update_proj_gap, scale_type=scale_type,
                          scale=scale, scale_front=scale_front, seed=seed, norm_growth_limit=norm_growth_limit,
                          betas=betas, eps=eps, weight_decay=weight_decay)
-
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 0.01,
-        rank: int = 1,
-        update_proj_gap: int = 200,
-        scale_type: str = "tensor",
-        scale: float = 128.0,
-        scale_front: bool = False,
-        seed: int = 0,
-        norm_growth_limit: float | None = 1.01,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-    ) -> APOLLOMini:
-        return cls(hidden_last(role_groups(split_parameters(model))), lr=lr, rank=rank,
-                   update_proj_gap=update_proj_gap, scale_type=scale_type, scale=scale, scale_front=scale_front,
-                   seed=seed, norm_growth_limit=norm_growth_limit, betas=betas, eps=eps,
-                   weight_decay=weight_decay)

@@ -22,9 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
 
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel
 from optsweep.optim.projection import (
     NORM_EPS,
     LowRankAdam,
@@ -35,7 +34,7 @@ from optsweep.optim.projection import (
 )
 
 
-class Fira(LowRankAdam):
+class Fira(ForModel, LowRankAdam):
     def __init__(self, params: Iterable, lr: float = 0.01, rank: int | None = 128, update_proj_gap: int = 200,
                  alpha: float = 0.25, norm_growth_limit: float | None = 1.01,
                  betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
@@ -43,23 +42,6 @@ class Fira(LowRankAdam):
             raise ValueError(f"norm_growth_limit must be >= 1 (or None to switch it off), got {norm_growth_limit}")
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
                          update_proj_gap=update_proj_gap, alpha=alpha, norm_growth_limit=norm_growth_limit)
-
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 0.01,
-        rank: int = 128,
-        update_proj_gap: int = 200,
-        alpha: float = 0.25,
-        norm_growth_limit: float | None = 1.01,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-    ) -> Fira:
-        return cls(role_groups(split_parameters(model)), lr=lr, rank=rank, update_proj_gap=update_proj_gap,
-                   alpha=alpha, norm_growth_limit=norm_growth_limit, betas=betas, eps=eps,
-                   weight_decay=weight_decay)
 
     def new_projector(self, grad, side, group, state):
         return svd_projector(grad, group["rank"], side, state.get("projector"))

@@ -20,33 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from torch import nn
-
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel
 from optsweep.optim.projection import LowRankAdam, project_back, svd_projector
 
 
-class GaLore(LowRankAdam):
+class GaLore(ForModel, LowRankAdam):
     def __init__(self, params: Iterable, lr: float = 0.01, rank: int | None = 128, update_proj_gap: int = 200,
                  scale: float = 0.25, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
                          update_proj_gap=update_proj_gap, scale=scale)
-
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 0.01,
-        rank: int = 128,
-        update_proj_gap: int = 200,
-        scale: float = 0.25,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-    ) -> GaLore:
-        return cls(role_groups(split_parameters(model)), lr=lr, rank=rank, update_proj_gap=update_proj_gap,
-                   scale=scale, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def new_projector(self, grad, side, group, state):
         return svd_projector(grad, group["rank"], side, state.get("projector"))

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel, closure_loss
 
 
 def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Tensor:
@@ -32,7 +32,7 @@ def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Te
     return update
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(ForModel, torch.optim.Optimizer):
     """Lion: ``p <- p (1 - lr wd) - lr sign(beta1 m + (1 - beta1) g)``, then ``m <- lerp(m, g, 1 - beta2)``."""
 
     def __init__(
@@ -50,22 +50,9 @@ class Lion(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-    ) -> Lion:
-        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, weight_decay=weight_decay)
-
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             for p in group["params"]:

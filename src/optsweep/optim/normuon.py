@@ -15,7 +15,7 @@ Semantics of the official optimizer, github zichongli5/NorMuon ``normuon.py`` (M
 (The paper writes the last two lines as an RMS-matching rescale 0.2 sqrt(m n) / ||O'||_F; the released code,
 followed here, keeps Muon's norm and its sqrt(max(1, m/n)) factor, so Muon's learning rates carry over.)
 
-Embedding, lm_head and 1-D weights get AdamW (betas (0.9, 0.95), eps 1e-10, lr ``adamw_lr`` = 3e-4 by
+Embedding, lm_head and 1-D weights get AdamW (betas (0.9, 0.95), eps 1e-10, lr ``adam_lr`` = 3e-4 by
 default), the released auxiliary Adam; the scheduler scales both learning rates. Weight decay is decoupled
 and applied to every group (0 by default, as released).
 
@@ -38,11 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
-from optsweep.optim.muon import aux_adamw_step, split_by_role
+from optsweep.optim.aux_adam import HiddenMatrixOptimizer, adam_lr_groups, apply_update_
+from optsweep.optim.muon import AUX_ADAM_ROLES, NS_DTYPES, momentum_direction
 from optsweep.optim.newton_schulz import orthogonalize
 
-NS_DTYPES = ("bfloat16", "float32")
 NORM_EPS = 1e-10  # the released code's guard in both divisions
 
 
@@ -65,15 +64,14 @@ def normuon_update(
     ns_dtype: torch.dtype = torch.bfloat16,
 ) -> Tensor:
     """NorMuon's direction for one whole matrix (to be multiplied by -lr); updates both buffers in place."""
-    momentum_buffer.lerp_(grad, 1 - beta1)
-    direction = grad.lerp(momentum_buffer, beta1) if nesterov else momentum_buffer
+    direction = momentum_direction(grad, momentum_buffer, beta1, nesterov)
     matrix = direction.reshape(direction.size(0), -1)
     o = orthogonalize(matrix, steps=ns_steps, dtype=ns_dtype)
     update = neuron_normalize(o, second_moment, beta2)
     return update.reshape(grad.shape) * math.sqrt(max(1.0, matrix.size(0) / matrix.size(1)))
 
 
-class NorMuon(torch.optim.Optimizer):
+class NorMuon(HiddenMatrixOptimizer):
     """NorMuon on hidden matrices + AdamW on embeddings, lm_head and 1-D weights. See the module docstring."""
 
     def __init__(
@@ -86,8 +84,8 @@ class NorMuon(torch.optim.Optimizer):
         ns_steps: int = 5,
         ns_dtype: str = "bfloat16",
         weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.95),
-        eps: float = 1e-10,
+        adam_betas: Sequence[float] = (0.9, 0.95),
+        adam_eps: float = 1e-10,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}")
@@ -98,59 +96,25 @@ class NorMuon(torch.optim.Optimizer):
         if ns_steps < 1:
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
         defaults = {"lr": lr, "momentum": momentum, "beta2": beta2, "nesterov": nesterov, "ns_steps": ns_steps,
-                    "ns_dtype": ns_dtype, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps}
+                    "ns_dtype": ns_dtype, "weight_decay": weight_decay, "adam_betas": tuple(adam_betas),
+                    "adam_eps": adam_eps}
         super().__init__(params, defaults)
 
     @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 0.02,
-        adamw_lr: float | None = 3e-4,
-        momentum: float = 0.95,
-        beta2: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = 5,
-        ns_dtype: str = "bfloat16",
-        weight_decay: float = 0.0,
-        adamw_betas: Sequence[float] = (0.9, 0.95),
-        adamw_eps: float = 1e-10,
-    ) -> NorMuon:
-        aux = {"lr": lr if adamw_lr is None else adamw_lr}
-        groups = role_groups(split_parameters(model), {"embedding": aux, "output": aux, "vector": aux})
-        return cls(groups, lr=lr, momentum=momentum, beta2=beta2, nesterov=nesterov, ns_steps=ns_steps,
-                   ns_dtype=ns_dtype, weight_decay=weight_decay, betas=adamw_betas, eps=adamw_eps)
+    def for_model(cls, model: nn.Module, lr: float = 0.02, adam_lr: float | None = 3e-4, **options) -> NorMuon:
+        """NorMuon over ``model``: hidden matrices at ``lr``, the AdamW groups at ``adam_lr`` (None: ``lr``);
+        ``options``: the constructor's."""
+        return cls(adam_lr_groups(model, lr, adam_lr, AUX_ADAM_ROLES), lr=lr, **options)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            matrices, others = split_by_role(group, (p for p in group["params"] if p.grad is not None))
-            for p in matrices:
-                self._normuon_step(p, group)
-            aux_adamw_step(self.state, others, lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                           weight_decay=group["weight_decay"])
-        return loss
-
-    def _normuon_step(self, p: Tensor, group: dict) -> None:
+    def matrix_update(self, p: Tensor, group: dict) -> None:
         state = self.state[p]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(p)
             state["second_moment"] = torch.zeros(p.shape[0], dtype=p.dtype, device=sharding.local(p).device)
-        buf = state["momentum_buffer"]
-        beta1 = group["momentum"]
-        buf.lerp_(p.grad, 1 - beta1)  # element-wise: fine on sharded DTensors
-        direction = p.grad.lerp(buf, beta1) if group["nesterov"] else buf
+        direction = momentum_direction(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
         full = sharding.full_tensor(direction)  # the one all-gather of this matrix
         matrix = full.reshape(full.size(0), -1)
         o = orthogonalize(matrix, steps=group["ns_steps"], dtype=getattr(torch, group["ns_dtype"]))
         update = neuron_normalize(o, state["second_moment"], group["beta2"])
         scale = math.sqrt(max(1.0, matrix.size(0) / matrix.size(1)))
-        lr = group["lr"]
-        param = sharding.local(p)
-        if group["weight_decay"]:
-            param.mul_(1 - lr * group["weight_decay"])
-        param.add_(sharding.keep_local(update.reshape(full.shape), p), alpha=-lr * scale)
+        apply_update_(p, update.reshape(full.shape), group["lr"], group["weight_decay"], scale)

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 import torch
 
 from optsweep.optim import sharding
+from optsweep.optim.base import closure_loss
 from optsweep.optim.groups import infer_role
 
 # Both Fira and APOLLO add this to the denominators of their norm ratios and limiter.
@@ -190,10 +191,7 @@ class LowRankAdam(torch.optim.Optimizer):
     # -- the shared loop ----------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         index = 0
         for group in self.param_groups:
             for p in group["params"]:

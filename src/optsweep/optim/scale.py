@@ -28,16 +28,16 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from optsweep.optim.functional import adamw_
-from optsweep.optim.groups import ROLES, infer_role, role_groups, split_parameters
+from optsweep.optim.aux_adam import adam_lr_groups, aux_adamw_step
+from optsweep.optim.base import closure_loss
+from optsweep.optim.groups import ROLES, infer_role
+from optsweep.optim.newton_schulz import orthogonalize
 from optsweep.optim.sharding import all_reduce_sharded, full_tensor, keep_local, local, sharded_dims
 
 NORMALIZATIONS = ("column", "row", "sign", "newton_schulz", "none")
 MOMENTUM_ON = ("last", "none", "all")
 MATRIX_ROLES = ("hidden", "embedding", "output")
 
-# Muon's quintic Newton-Schulz coefficients (Jordan et al., 2024).
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 RMS_FLOOR = 1e-8
 _MEAN_SQUARE_FLOOR = RMS_FLOOR**2  # clamping RMS at 1e-8 == clamping the mean square at 1e-16
 
@@ -129,9 +129,9 @@ class SCALE(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict],
         lr: float = 1e-3,
         momentum: float = 0.9,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
         weight_decay: float = 0.0,
+        adam_betas: Sequence[float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
         normalization: str = "column",
         momentum_on: str = "last",
         ns_steps: int = 5,
@@ -140,8 +140,8 @@ class SCALE(torch.optim.Optimizer):
         defaults = {
             "lr": lr,
             "momentum": momentum,
-            "betas": tuple(betas),
-            "eps": eps,
+            "adam_betas": tuple(adam_betas),
+            "adam_eps": adam_eps,
             "weight_decay": weight_decay,
             "normalization": normalization,
             "momentum_on": momentum_on,
@@ -163,25 +163,10 @@ class SCALE(torch.optim.Optimizer):
         self._lr_tensors = {}
 
     @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        adam_lr: float | None = None,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        normalization: str = "column",
-        momentum_on: str = "last",
-        ns_steps: int = 5,
-        compile: bool | None = None,
-    ) -> SCALE:
-        """SCALE over ``model``'s parameters split by role; the 1-D weights get ``adam_lr`` (None: ``lr``)."""
-        vector_lr = lr if adam_lr is None else adam_lr
-        groups = role_groups(split_parameters(model), {"vector": {"lr": vector_lr}})
-        return cls(groups, lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay,
-                   normalization=normalization, momentum_on=momentum_on, ns_steps=ns_steps, compile=compile)
+    def for_model(cls, model: nn.Module, lr: float = 1e-3, adam_lr: float | None = None, **options) -> SCALE:
+        """SCALE over ``model``'s parameters split by role; the 1-D weights get ``adam_lr`` (None: ``lr``);
+        ``options``: the constructor's."""
+        return cls(adam_lr_groups(model, lr, adam_lr, ("vector",)), lr=lr, **options)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -193,10 +178,10 @@ class SCALE(torch.optim.Optimizer):
             _check_choice("role", role, ROLES)
         if not 0.0 <= group["momentum"] < 1.0:
             raise ValueError(f"SCALE: momentum must be in [0, 1), got {group['momentum']}")
-        if len(group["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in group["betas"]):
-            raise ValueError(f"SCALE: betas must be two numbers in [0, 1), got {group['betas']}")
-        if group["lr"] < 0 or group["eps"] < 0 or group["weight_decay"] < 0:
-            raise ValueError("SCALE: lr, eps and weight_decay must be >= 0")
+        if len(group["adam_betas"]) != 2 or not all(0.0 <= b < 1.0 for b in group["adam_betas"]):
+            raise ValueError(f"SCALE: adam_betas must be two numbers in [0, 1), got {group['adam_betas']}")
+        if group["lr"] < 0 or group["adam_eps"] < 0 or group["weight_decay"] < 0:
+            raise ValueError("SCALE: lr, adam_eps and weight_decay must be >= 0")
         if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
             raise ValueError(f"SCALE: ns_steps must be a positive integer, got {group['ns_steps']}")
         for p in group["params"]:
@@ -206,10 +191,7 @@ class SCALE(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             by_role: dict[str, list[torch.Tensor]] = {}
             for p in group["params"]:
@@ -219,30 +201,11 @@ class SCALE(torch.optim.Optimizer):
                     raise RuntimeError("SCALE does not support sparse gradients")
                 by_role.setdefault(group.get("role") or infer_role(p), []).append(p)
             for role, params in by_role.items():
-                if role == "vector":
-                    self._adamw_step(group, params)
+                if role == "vector":  # AdamW as the authors wrote it: eps on the raw sqrt(v)
+                    aux_adamw_step(self.state, params, group, eps_before_bias_correction=True)
                 else:
                     self._matrix_step(group, role, params)
         return loss
-
-    def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        # Parameters normally share their step count; grouping by it keeps added or late params exact.
-        by_step: dict[int, list[torch.Tensor]] = {}
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            by_step.setdefault(state["step"], []).append(p)
-        for step, ps in by_step.items():
-            states = [self.state[p] for p in ps]
-            adamw_([local(p) for p in ps], [local(p.grad) for p in ps],
-                   [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states],
-                   step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                   weight_decay=group["weight_decay"], eps_before_bias_correction=True)
 
     def _matrix_step(self, group: dict, role: str, params: list[torch.Tensor]) -> None:
         lr, beta = group["lr"], group["momentum"]
@@ -470,23 +433,9 @@ def _normalized_update_fp32(params, directions, dims, sizes, lr) -> None:
         p.sub_(d32 * inverse_rms * lr)
 
 
-def newton_schulz(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Muon's quintic Newton-Schulz iteration in fp32: approximately U V^T of ``matrix`` = U S V^T."""
-    a, b, c = NS_COEFFICIENTS
-    x = matrix.float()
-    transposed = x.shape[0] > x.shape[1]
-    if transposed:  # iterate on the wide side: the Gram matrix is then the small one
-        x = x.T
-    x = x / (torch.linalg.matrix_norm(x) + 1e-7)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
-    return x.T if transposed else x
-
-
 def orthogonalized(direction: torch.Tensor, steps: int) -> torch.Tensor:
     """The ``newton_schulz`` update of a full (plain) matrix, scaled to entry RMS ~1, in fp32."""
-    matrix = direction.reshape(direction.shape[0], -1)
-    update = newton_schulz(matrix, steps)
+    matrix = direction.reshape(direction.shape[0], -1).float()
+    update = orthogonalize(matrix, steps, dtype=torch.float32)
     update.mul_(math.sqrt(max(matrix.shape)))
     return update.reshape(direction.shape)

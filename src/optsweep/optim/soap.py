@@ -44,10 +44,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel, closure_loss
 
 SIDES = ("L", "R")
 
@@ -125,7 +125,7 @@ def refresh_eigenbasis(factor: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return new_q.to(q.dtype), order
 
 
-class SOAP(torch.optim.Optimizer):
+class SOAP(ForModel, torch.optim.Optimizer):
     """SOAP: Adam in the eigenbasis of Shampoo's preconditioner, on every parameter. See the module docstring."""
 
     def __init__(
@@ -157,31 +157,9 @@ class SOAP(torch.optim.Optimizer):
                 if p.ndim > 2:
                     raise ValueError(f"SOAP here takes 1-D and 2-D parameters, got one of shape {tuple(p.shape)}")
 
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 3e-3,
-        betas: Sequence[float] = (0.95, 0.95),
-        shampoo_beta: float | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        precondition_frequency: int = 10,
-        max_precond_dim: int = 10000,
-        precondition_1d: bool = False,
-        normalize_grads: bool = False,
-    ) -> SOAP:
-        return cls(role_groups(split_parameters(model)), lr=lr, betas=betas, shampoo_beta=shampoo_beta,
-                   eps=eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
-                   max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
-                   normalize_grads=normalize_grads)
-
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

@@ -53,10 +53,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
+from optsweep.optim.base import ForModel, closure_loss
 
 RESET_TIMINGS = ("after_update", "before_update")
 STATS_DTYPES = ("grad", "float32")
@@ -93,7 +93,7 @@ def _global_norm(shard: Tensor, like: Tensor) -> Tensor:
     return sum_sq.sqrt()
 
 
-class StableSPAM(torch.optim.Optimizer):
+class StableSPAM(ForModel, torch.optim.Optimizer):
     """Stable-SPAM: AdaClip + AdaGN + Adam with periodic moment resets (MoRet). See the module docstring."""
 
     def __init__(
@@ -134,35 +134,9 @@ class StableSPAM(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 8e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        gamma1: float = 0.85,
-        gamma2: float = 0.99999,
-        gamma3: float = 0.999,
-        update_proj_gap: int = 1000,
-        total_T: int | None = 20000,
-        eta_min: float = 0.5,
-        reset_timing: str = "after_update",
-        stats_dtype: str = "grad",
-    ) -> StableSPAM:
-        # Groups by role only for logs and reports; every role gets the same Stable-SPAM update.
-        groups = role_groups(split_parameters(model))
-        return cls(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1,
-                   gamma2=gamma2, gamma3=gamma3, update_proj_gap=update_proj_gap, total_T=total_T,
-                   eta_min=eta_min, reset_timing=reset_timing, stats_dtype=stats_dtype)
-
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             # The released code counts optimizer steps, whether or not a tensor had a gradient.
             group["global_step"] += 1

@@ -53,12 +53,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from optsweep.optim import sharding
-from optsweep.optim.groups import role_groups, split_parameters
-from optsweep.optim.muon import aux_adamw_step, split_by_role
+from optsweep.optim.aux_adam import HiddenMatrixOptimizer, adam_lr_groups, apply_update_
+from optsweep.optim.muon import AUX_ADAM_ROLES
 from optsweep.optim.newton_schulz import inverse_sqrt_newton_schulz, whiten_newton_schulz
 
 WHITEN_SIDES = ("auto", "left", "right")
@@ -118,7 +117,7 @@ def swan_update(
     return update.to(g.dtype)
 
 
-class SWAN(torch.optim.Optimizer):
+class SWAN(HiddenMatrixOptimizer):
     """SWAN (unofficial): stateless GradNorm + GradWhitening SGD on hidden matrices, Adam(W) elsewhere."""
 
     def __init__(
@@ -132,7 +131,7 @@ class SWAN(torch.optim.Optimizer):
         eps: float = 1e-8,
         rescale: bool = True,
         weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
+        adam_betas: Sequence[float] = (0.9, 0.999),
         adam_eps: float = 1e-8,
         whiten_form: str = "polar",
     ) -> None:
@@ -148,56 +147,20 @@ class SWAN(torch.optim.Optimizer):
             raise ValueError(f"need ns_steps >= 1 and ns_beta > 0, got {ns_steps}, {ns_beta}")
         defaults = {"lr": lr, "ns_steps": ns_steps, "ns_beta": ns_beta, "whiten_side": whiten_side,
                     "gradnorm_axis": gradnorm_axis, "eps": eps, "rescale": rescale,
-                    "weight_decay": weight_decay, "betas": tuple(betas), "adam_eps": adam_eps,
+                    "weight_decay": weight_decay, "adam_betas": tuple(adam_betas), "adam_eps": adam_eps,
                     "whiten_form": whiten_form}
         super().__init__(params, defaults)
 
     @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        adam_lr: float | None = None,
-        ns_steps: int = 10,
-        ns_beta: float = 0.5,
-        whiten_side: str = "auto",
-        gradnorm_axis: str = "row",
-        eps: float = 1e-8,
-        rescale: bool = True,
-        weight_decay: float = 0.0,
-        adam_betas: Sequence[float] = (0.9, 0.999),
-        adam_eps: float = 1e-8,
-        whiten_form: str = "polar",
-    ) -> SWAN:
-        aux = {"lr": lr if adam_lr is None else adam_lr}
-        groups = role_groups(split_parameters(model), {"embedding": aux, "output": aux, "vector": aux})
-        return cls(groups, lr=lr, ns_steps=ns_steps, ns_beta=ns_beta, whiten_side=whiten_side,
-                   gradnorm_axis=gradnorm_axis, eps=eps, rescale=rescale, weight_decay=weight_decay,
-                   betas=adam_betas, adam_eps=adam_eps, whiten_form=whiten_form)
+    def for_model(cls, model: nn.Module, lr: float = 1e-3, adam_lr: float | None = None, **options) -> SWAN:
+        """SWAN over ``model``: hidden matrices at ``lr``, the AdamW groups at ``adam_lr`` (None: ``lr``);
+        ``options``: the constructor's."""
+        return cls(adam_lr_groups(model, lr, adam_lr, AUX_ADAM_ROLES), lr=lr, **options)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            matrices, others = split_by_role(group, (p for p in group["params"] if p.grad is not None))
-            for p in matrices:
-                self._swan_update(p, group)
-            aux_adamw_step(self.state, others, lr=group["lr"], betas=group["betas"], eps=group["adam_eps"],
-                           weight_decay=group["weight_decay"])
-        return loss
-
-    @staticmethod
-    def _swan_update(p: Tensor, group: dict) -> None:
+    def matrix_update(self, p: Tensor, group: dict) -> None:
         full = sharding.full_tensor(p.grad)  # the one all-gather of this matrix
         update = swan_update(
             full.reshape(full.size(0), -1), group["ns_steps"], group["ns_beta"], group["whiten_side"],
             group["gradnorm_axis"], group["eps"], group["rescale"], group.get("whiten_form", "polar"),
         )
-        lr = group["lr"]
-        param = sharding.local(p)
-        if group["weight_decay"]:
-            param.mul_(1 - lr * group["weight_decay"])
-        param.add_(sharding.keep_local(update.reshape(full.shape), p), alpha=-lr)
+        apply_update_(p, update.reshape(full.shape), group["lr"], group["weight_decay"])

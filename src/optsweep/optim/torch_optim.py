@@ -27,38 +27,27 @@ def _fast_path(params: list[torch.Tensor], fused: bool | None, foreach: bool | N
     return {"fused": fused, "foreach": foreach}
 
 
+def _adam_for_model(
+    cls,
+    model: nn.Module,
+    lr: float = 1e-3,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
+    foreach: bool | None = None,
+):
+    """torch's Adam or AdamW over ``model``, with the defaults of the paper's Adam (weight decay 0)."""
+    return cls(role_groups(split_parameters(model)), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+               **_fast_path(list(model.parameters()), fused, foreach))
+
+
 class AdamW(torch.optim.AdamW):
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        fused: bool | None = None,
-        foreach: bool | None = None,
-    ) -> AdamW:
-        groups = role_groups(split_parameters(model))
-        return cls(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                   **_fast_path(list(model.parameters()), fused, foreach))
+    for_model = classmethod(_adam_for_model)
 
 
 class Adam(torch.optim.Adam):
-    @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        fused: bool | None = None,
-        foreach: bool | None = None,
-    ) -> Adam:
-        groups = role_groups(split_parameters(model))
-        return cls(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                   **_fast_path(list(model.parameters()), fused, foreach))
+    for_model = classmethod(_adam_for_model)
 
 
 class SGD(torch.optim.SGD):

@@ -11,21 +11,6 @@ imports: each subcommand imports what it needs.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from optsweep.paths import project_root, repo_root
 
-
-def repo_root() -> Path:
-    """The directory holding pyproject.toml, looked for upward from the working directory, then from the
-    installed package (an editable install lives in the checkout); the working directory if neither has one.
-    """
-    for start in (Path.cwd(), Path(__file__).resolve().parent):
-        for folder in (start, *start.parents):
-            if (folder / "pyproject.toml").is_file():
-                return folder
-    return Path.cwd()
-
-
-def project_root() -> Path:
-    """Where training writes ``outputs/``: ``$PROJECT_ROOT`` when set (as run.py honours it), else the repo."""
-    return Path(os.environ["PROJECT_ROOT"]) if os.environ.get("PROJECT_ROOT") else repo_root()
+__all__ = ["project_root", "repo_root"]

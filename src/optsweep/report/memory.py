@@ -33,7 +33,13 @@ import yaml
 
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import ROLES, ParamSplit, split_parameters
-from optsweep.optim.registry import OPTIMIZERS, build_optimizer, optimizer_class
+from optsweep.optim.registry import (
+    OPTIMIZERS,
+    build_optimizer,
+    optimizer_class,
+    optimizer_factory,
+    option_parameters,
+)
 
 BYTES_PER_ELEMENT = 2  # bf16, as the paper counts weights and states
 GB = 1e9
@@ -394,23 +400,18 @@ class ConfigComposer:
 
 
 def optimizer_setup(name: str, node: dict) -> OptimizerSetup:
-    """The factory training gets from ``instantiate(cfg.optimizer)``, and the hyperparameters in force."""
-    from hydra.utils import instantiate
-
+    """The factory training gets from ``optimizer_factory(cfg.optimizer)``, and the hyperparameters in force."""
     options = {k: v for k, v in node.items() if k not in ("_target_", "_partial_", "name")}
     try:
-        cls = optimizer_class(name)
+        optimizer_class(name)  # imported now: a missing file is reported per row
     except Exception as error:  # noqa: BLE001 - any import failure means "not implemented yet"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return OptimizerSetup(factory=None, hparams=options, unavailable=f"not available: {reason}")
-    defaults = {
-        key: p.default
-        for key, p in inspect.signature(cls.for_model).parameters.items()
-        if key not in ("cls", "model") and p.default is not inspect.Parameter.empty
-    }
+    defaults = {key: p.default for key, p in option_parameters(name).items()
+                if p.default is not inspect.Parameter.empty}
     hparams = {**defaults, **options}
     if "_target_" in node:
-        factory = instantiate({**node, "_partial_": True})
+        factory = optimizer_factory({**node, "_partial_": True})
     else:
 
         def factory(model, _options=options):

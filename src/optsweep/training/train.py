@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optsweep import metric_names, tracking
 from optsweep.data.datamodule import SkippedLinesMonitor
 from optsweep.models.llama import build_llama, count_parameters
+from optsweep.optim.registry import optimizer_factory
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError
 from optsweep.training.checkpointing import (
@@ -157,7 +158,7 @@ def train(cfg: DictConfig) -> float:
     check_vocabulary(spec.vocab_size, datamodule.max_token_id_in_text(), datamodule.tokenizer_name)
     module = LlamaLitModule(
         model_spec=spec,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer_factory(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler),
         max_steps=budget.max_steps,
         warmup_steps=budget.warmup_steps,

@@ -44,7 +44,7 @@ _POSITIVE = ("lr", "eps")
 _UNIT_INTERVAL = ("momentum", "beta", "beta1", "beta2", "gamma1", "gamma2", "gamma3")
 _NON_NEGATIVE = ("weight_decay",)
 _POSITIVE_INT = ("ns_steps",)  # Newton-Schulz iterations: SCALE and SWAN refuse 0, Muon would silently skip them
-_SECONDARY = ("adam", "adamw")  # the auxiliary AdamW of SCALE, Muon, SWAN: adam_lr, adamw_betas, ...
+_SECONDARY = ("adam",)  # the auxiliary AdamW of SCALE, Muon, NorMuon, SWAN: adam_lr, adam_betas, adam_eps
 
 # Trainer arguments train.py derives or passes itself: a value under trainer.* would be overridden.
 _DERIVED_TRAINER = {
@@ -466,7 +466,7 @@ def check_optimizer_ranges(opt: DictConfig, keys: Iterable[str], defaults: dict)
         if value is None:
             continue
         prefix, _, suffix = key.partition("_")
-        base = suffix if prefix in _SECONDARY else key  # adam_lr is an lr, adamw_betas are betas
+        base = suffix if prefix in _SECONDARY else key  # adam_lr is an lr, adam_betas are betas
         if base in _POSITIVE and not (_is_number(value) and value > 0):
             example = defaults.get(key) if _is_number(defaults.get(key)) and defaults.get(key) > 0 else 1e-3
             raise ConfigError(
@@ -496,23 +496,21 @@ def check_optimizer_ranges(opt: DictConfig, keys: Iterable[str], defaults: dict)
 
 @cache
 def _option_defaults(name: str) -> dict:
-    from optsweep.optim.registry import optimizer_class
+    from optsweep.optim.registry import option_parameters
 
-    signature = inspect.signature(optimizer_class(name).for_model)
-    return {p: v.default for p, v in signature.parameters.items()
-            if p not in ("cls", "model") and v.default is not inspect.Parameter.empty}
+    return {p: v.default for p, v in option_parameters(name).items() if v.default is not inspect.Parameter.empty}
 
 
 @cache
 def _option_types(name: str) -> dict:
     """A value of each option's type: its default, or for a ``None`` default one of the type its annotation
     names (``fused: bool | None = None`` -> False); None where the type is not that simple."""
-    from optsweep.optim.registry import optimizer_class
+    from optsweep.optim.registry import option_parameters
 
     stand_ins = {"bool": False, "int": 0, "float": 0.0, "str": ""}
     types = {}
-    for p, v in inspect.signature(optimizer_class(name).for_model).parameters.items():
-        if p in ("cls", "model") or v.default is inspect.Parameter.empty:
+    for p, v in option_parameters(name).items():
+        if v.default is inspect.Parameter.empty:
             continue
         types[p] = v.default
         if v.default is None:
@@ -546,15 +544,13 @@ def _check_option_type(name: str, key: str, value, default, example_default) -> 
 
 def check_optimizer_builds(opt: DictConfig, model: torch.nn.Module | None) -> None:
     """Build the optimizer on the model's shapes (meta device): its constructor's checks fail here, now."""
-    from optsweep.optim.registry import optimizer_options
+    from optsweep.optim.registry import optimizer_factory, optimizer_options
 
     if model is None:
         return
-    from hydra.utils import instantiate
-
     name = opt.get("name")
     try:
-        factory = instantiate(opt)
+        factory = optimizer_factory(opt)
         factory(model=model)
     except UserError:
         raise
