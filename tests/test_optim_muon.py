@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from optsweep.models.llama import ModelSpec, build_llama
-from optsweep.optim.muon import Muon
+from optsweep.optim.muon import Muon, muon_step
 from optsweep.optim.newton_schulz import orthogonalize
 from optsweep.optim.registry import UnknownOptionError, build_optimizer
 
@@ -164,6 +164,27 @@ class PlainMuonWithAuxAdam:
                 v_hat = st["exp_avg_sq"] / (1 - 0.95 ** st["step"])
                 p.data.mul_(1 - self.adam_lr * self.wd)
                 p.data.add_(m_hat / (v_hat.sqrt() + 1e-10), alpha=-self.adam_lr)
+
+
+@pytest.mark.parametrize("adjust_lr", ["original", "match_rms_adamw"])
+def test_the_optimizer_steps_each_hidden_matrix_as_muon_step(adjust_lr):
+    """Three steps of Muon equal muon_step (the algorithm as written at the top of muon.py) on each hidden
+    matrix, bit for bit: the class adds only the parameter split and sharding."""
+    model = tiny_model()
+    names = hidden_names(model)
+    params = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    buffers = {n: torch.zeros_like(p) for n, p in params.items()}
+    opt = Muon.for_model(model, lr=0.02, weight_decay=0.1, adjust_lr=adjust_lr)
+    for step in range(3):
+        opt.zero_grad()
+        backward(model, step)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if n in names}
+        opt.step()
+        for n in names:
+            muon_step(params[n], grads[n], buffers[n], lr=0.02, weight_decay=0.1, adjust_lr=adjust_lr)
+    for n, p in model.named_parameters():
+        if n in names:
+            assert torch.equal(p, params[n]), n
 
 
 def test_parity_with_keller_jordan_definition_fp32():

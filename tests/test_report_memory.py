@@ -183,10 +183,11 @@ def test_markdown_marks_and_explains_a_rounding_cell(capsys):
 def test_an_optimizer_that_does_not_import_is_reported_not_raised(monkeypatch):
     from optsweep.optim import registry
 
-    monkeypatch.setitem(registry.OPTIMIZERS, "ghost", "optsweep.optim.ghost")  # a yaml without its .py
+    monkeypatch.setitem(registry.OPTIMIZERS, "ghost", "optsweep.optim.ghost:Ghost")  # a yaml whose module is missing
     rows = memory.memory_rows(["ghost", "adamw"], ["llama_60m"], conf_dir=CONF)
     ghost = next(r for r in rows if r.optimizer == "ghost")
-    message = "not available: conf/optimizer/ghost.yaml has no optimizer file: write src/optsweep/optim/ghost.py"
+    message = ("not available: conf/optimizer/ghost.yaml targets optsweep.optim.ghost, which does not exist: write "
+               "src/optsweep/optim/ghost.py")
     assert ghost.measured_gb is None and ghost.unavailable.startswith(message)
     assert f"n/a ({message}" in memory.render_markdown(rows)
 

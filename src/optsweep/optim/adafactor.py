@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.base import ForModel, closure_loss
+from optsweep.optim.base import ForModel, PerParameter, check_options
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ def adafactor_direction(
     return update.div_((_rms(update) / d).clamp_(min=1.0))
 
 
-class Adafactor(ForModel, torch.optim.Optimizer):
+class Adafactor(ForModel, PerParameter, torch.optim.Optimizer):
     """Adafactor without momentum, as the paper's Algorithms 4 and 5. See the module docstring."""
 
     def __init__(
@@ -84,29 +84,15 @@ class Adafactor(ForModel, torch.optim.Optimizer):
         d: float = 1.0,
         weight_decay: float = 0.0,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
+        check_options(lr, non_negative={"eps1": eps1, "eps2": eps2, "weight_decay": weight_decay})
         if beta2_decay > 0.0:
             raise ValueError(f"beta2_decay must be <= 0 (beta2_t = 1 - t^beta2_decay), got {beta2_decay}")
-        if eps1 < 0.0 or eps2 < 0.0:
-            raise ValueError(f"eps1 and eps2 must be >= 0, got {eps1} and {eps2}")
         if d < 1.0:
             raise ValueError(f"the clipping threshold d must be >= 1, got {d}")
-        if weight_decay < 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps1": eps1, "eps2": eps2, "d": d, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
-
-    def _update(self, p: Tensor, group: dict) -> None:
+    def update(self, p: Tensor, group: dict) -> None:
         grad = sharding.full_tensor(p.grad)  # the factors are statistics of the whole matrix
         state = self.state[p]
         if not state:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from optsweep.optim import sharding
-from optsweep.optim.base import closure_loss
+from optsweep.optim.base import PerParameter, check_options
 from optsweep.optim.groups import split_parameters
 
 BLOCKS = ("head", "neuron", "tensor")
@@ -70,7 +70,7 @@ def block_count(p: Tensor, block: str, head_dim: int | None) -> int:
     return p.shape[0]
 
 
-class AdamMini(torch.optim.Optimizer):
+class AdamMini(PerParameter, torch.optim.Optimizer):
     """Adam-mini: Adam with one second moment per head, neuron or tensor. See the module docstring.
 
     Groups carry ``block`` ("head" with ``head_dim``, "neuron" or "tensor"); a group without one gives 2-D
@@ -85,12 +85,7 @@ class AdamMini(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.1,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
-        if weight_decay < 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_options(lr, betas, non_negative={"weight_decay": weight_decay})
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "block": None, "head_dim": None}
         super().__init__(params, defaults)
@@ -99,15 +94,8 @@ class AdamMini(torch.optim.Optimizer):
                 raise ValueError(f"block must be one of {BLOCKS}, got {group['block']!r}")
 
     @classmethod
-    def for_model(
-        cls,
-        model: nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        weight_decay: float = 0.1,
-        value_block: str = "neuron",
-    ) -> AdamMini:
+    def for_model(cls, model: nn.Module, value_block: str = "neuron", **options) -> AdamMini:
+        """Adam-mini's blocks for ``model`` (value weights per ``value_block``); ``options``: the constructor's."""
         if value_block not in VALUE_BLOCKS:
             raise ValueError(f"value_block must be one of {VALUE_BLOCKS}, got {value_block!r}")
         config = getattr(model, "config", None)
@@ -132,34 +120,27 @@ class AdamMini(torch.optim.Optimizer):
             {"params": split.of("vector"), "role": "vector", "block": "tensor", "weight_decay": 0.0},
         ]
         groups = [g for g in candidates if g["params"]]
-        return cls(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        return cls(groups, **options)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                block = group["block"] or ("neuron" if p.ndim >= 2 else "tensor")
-                blocks = block_count(p, block, group["head_dim"])
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros(blocks, dtype=p.dtype, device=sharding.local(p).device)
-                state["step"] += 1
-                full = sharding.full_tensor(p.grad)  # one all-gather under FSDP2; v needs whole blocks
-                exp_avg = sharding.full_tensor(state["exp_avg"])
-                direction = adam_mini_update(
-                    full.reshape(blocks, -1), exp_avg.reshape(blocks, -1), state["exp_avg_sq"], state["step"],
-                    beta1, beta2, group["eps"],
-                )
-                param = sharding.local(p)
-                if group["weight_decay"]:
-                    param.mul_(1 - group["lr"] * group["weight_decay"])
-                if sharding.is_dtensor(p):
-                    sharding.local(state["exp_avg"]).copy_(sharding.keep_local(exp_avg, p))
-                param.add_(sharding.keep_local(direction.reshape(full.shape), p), alpha=-group["lr"])
-        return loss
+    def update(self, p: Tensor, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        block = group["block"] or ("neuron" if p.ndim >= 2 else "tensor")
+        blocks = block_count(p, block, group["head_dim"])
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros(blocks, dtype=p.dtype, device=sharding.local(p).device)
+        state["step"] += 1
+        full = sharding.full_tensor(p.grad)  # one all-gather under FSDP2; v needs whole blocks
+        exp_avg = sharding.full_tensor(state["exp_avg"])
+        direction = adam_mini_update(
+            full.reshape(blocks, -1), exp_avg.reshape(blocks, -1), state["exp_avg_sq"], state["step"],
+            beta1, beta2, group["eps"],
+        )
+        param = sharding.local(p)
+        if group["weight_decay"]:
+            param.mul_(1 - group["lr"] * group["weight_decay"])
+        if sharding.is_dtensor(p):
+            sharding.local(state["exp_avg"]).copy_(sharding.keep_local(exp_avg, p))
+        param.add_(sharding.keep_local(direction.reshape(full.shape), p), alpha=-group["lr"])

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.base import ForModel, closure_loss
+from optsweep.optim.base import ForModel, PerParameter, check_options
 
 
 def alpha_schedule(step: int, alpha: float, warmup: int | None) -> float:
@@ -80,7 +80,7 @@ def ademamix_direction(
     return fast.div(1 - beta1**step).add_(m2, alpha=alpha).div_(denom)
 
 
-class AdEMAMix(ForModel, torch.optim.Optimizer):
+class AdEMAMix(ForModel, PerParameter, torch.optim.Optimizer):
     """AdEMAMix with the paper's alpha and beta3 warmups. ``p <- p - lr (direction + wd p)``."""
 
     def __init__(
@@ -95,46 +95,35 @@ class AdEMAMix(ForModel, torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in (*betas, beta3)):
-            raise ValueError(f"betas (beta1, beta2) and beta3 must lie in [0, 1), got {tuple(betas)} and {beta3}")
-        if alpha < 0.0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {tuple(betas)}")
+        check_options(lr, betas, unit={"beta3": beta3},
+                      non_negative={"alpha": alpha, "eps": eps, "weight_decay": weight_decay})
         for name, value in (("beta3_warmup", beta3_warmup), ("alpha_warmup", alpha_warmup)):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be a step count >= 0 or None, got {value}")
-        if eps < 0.0 or weight_decay < 0.0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
         defaults = {"lr": lr, "betas": tuple(betas), "beta3": beta3, "alpha": alpha, "beta3_warmup": beta3_warmup,
                     "alpha_warmup": alpha_warmup, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    if beta1 != 0.0:
-                        state["exp_avg_fast"] = torch.zeros_like(p)
-                    state["exp_avg_slow"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                fast = state.get("exp_avg_fast")
-                direction = ademamix_direction(
-                    sharding.local(p.grad), None if fast is None else sharding.local(fast),
-                    sharding.local(state["exp_avg_slow"]), sharding.local(state["exp_avg_sq"]), t,
-                    beta1=beta1, beta2=beta2,
-                    beta3=beta3_schedule(t, group["beta3"], beta1, group["beta3_warmup"]),
-                    alpha=alpha_schedule(t, group["alpha"], group["alpha_warmup"]), eps=group["eps"],
-                )
-                param = sharding.local(p)
-                param.add_(direction.add_(param, alpha=group["weight_decay"]), alpha=-group["lr"])
-        return loss
+    def update(self, p: Tensor, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            if beta1 != 0.0:
+                state["exp_avg_fast"] = torch.zeros_like(p)
+            state["exp_avg_slow"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        fast = state.get("exp_avg_fast")
+        direction = ademamix_direction(
+            sharding.local(p.grad), None if fast is None else sharding.local(fast),
+            sharding.local(state["exp_avg_slow"]), sharding.local(state["exp_avg_sq"]), t,
+            beta1=beta1, beta2=beta2,
+            beta3=beta3_schedule(t, group["beta3"], beta1, group["beta3_warmup"]),
+            alpha=alpha_schedule(t, group["alpha"], group["alpha_warmup"]), eps=group["eps"],
+        )
+        param = sharding.local(p)
+        param.add_(direction.add_(param, alpha=group["weight_decay"]), alpha=-group["lr"])

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.base import ForModel, closure_loss
+from optsweep.optim.base import ForModel, PerParameter, check_options
 
 
 def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Tensor:
@@ -32,7 +32,7 @@ def lion_update(grad: Tensor, exp_avg: Tensor, beta1: float, beta2: float) -> Te
     return update
 
 
-class Lion(ForModel, torch.optim.Optimizer):
+class Lion(ForModel, PerParameter, torch.optim.Optimizer):
     """Lion: ``p <- p (1 - lr wd) - lr sign(beta1 m + (1 - beta1) g)``, then ``m <- lerp(m, g, 1 - beta2)``."""
 
     def __init__(
@@ -42,27 +42,15 @@ class Lion(ForModel, torch.optim.Optimizer):
         betas: Sequence[float] = (0.9, 0.99),
         weight_decay: float = 0.0,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
-        if weight_decay < 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_options(lr, betas, non_negative={"weight_decay": weight_decay})
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            lr, (beta1, beta2) = group["lr"], group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                param = sharding.local(p)
-                param.mul_(1 - lr * group["weight_decay"])
-                update = lion_update(sharding.local(p.grad), sharding.local(state["exp_avg"]), beta1, beta2)
-                param.add_(update, alpha=-lr)
-        return loss
+    def update(self, p: Tensor, group: dict) -> None:
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p)
+        param = sharding.local(p)
+        param.mul_(1 - lr * group["weight_decay"])
+        update = lion_update(sharding.local(p.grad), sharding.local(state["exp_avg"]), beta1, beta2)
+        param.add_(update, alpha=-lr)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from optsweep.optim import sharding
 from optsweep.optim.aux_adam import HiddenMatrixOptimizer, adam_lr_groups, apply_update_
+from optsweep.optim.base import check_options
 from optsweep.optim.newton_schulz import orthogonalize
 
 ADJUST_LR = ("original", "match_rms_adamw")
@@ -55,6 +56,18 @@ def momentum_direction(grad: Tensor, momentum_buffer: Tensor, momentum: float, n
     return grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
 
 
+def muon_step(param: Tensor, grad: Tensor, momentum_buffer: Tensor, *, lr: float, momentum: float = 0.95,
+              nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype = torch.bfloat16,
+              adjust_lr: str = "original", weight_decay: float = 0.0) -> None:
+    """One Muon step of one whole matrix, in place, as Keller Jordan writes it. ``Muon`` below does exactly
+    this per hidden matrix, gathering a sharded one first."""
+    direction = momentum_direction(grad, momentum_buffer, momentum, nesterov)
+    matrix = direction.reshape(direction.size(0), -1)  # conv-like weights flatten their trailing dims
+    ortho = orthogonalize(matrix, steps=ns_steps, dtype=ns_dtype)
+    param.mul_(1 - lr * weight_decay)
+    param.add_(ortho.reshape(param.shape), alpha=-lr * lr_adjustment(adjust_lr, *matrix.shape))
+
+
 class Muon(HiddenMatrixOptimizer):
     """Muon on hidden matrices + AdamW on embeddings, lm_head and 1-D weights. See the module docstring."""
 
@@ -71,14 +84,8 @@ class Muon(HiddenMatrixOptimizer):
         adam_betas: Sequence[float] = (0.9, 0.95),
         adam_eps: float = 1e-10,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if adjust_lr not in ADJUST_LR:
-            raise ValueError(f"adjust_lr must be one of {ADJUST_LR}, got {adjust_lr!r}")
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"ns_dtype must be one of {NS_DTYPES}, got {ns_dtype!r}")
+        check_options(lr, adam_betas, unit={"momentum": momentum},
+                      choices={"adjust_lr": (adjust_lr, ADJUST_LR), "ns_dtype": (ns_dtype, NS_DTYPES)})
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
                     "ns_dtype": ns_dtype, "adjust_lr": adjust_lr, "weight_decay": weight_decay,
                     "adam_betas": tuple(adam_betas), "adam_eps": adam_eps}

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from optsweep.optim import sharding
 from optsweep.optim.aux_adam import HiddenMatrixOptimizer, adam_lr_groups, apply_update_
+from optsweep.optim.base import check_options
 from optsweep.optim.muon import AUX_ADAM_ROLES, NS_DTYPES, momentum_direction
 from optsweep.optim.newton_schulz import orthogonalize
 
@@ -87,12 +88,8 @@ class NorMuon(HiddenMatrixOptimizer):
         adam_betas: Sequence[float] = (0.9, 0.95),
         adam_eps: float = 1e-10,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not (0.0 <= momentum < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"momentum and beta2 must lie in [0, 1), got {momentum}, {beta2}")
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"ns_dtype must be one of {NS_DTYPES}, got {ns_dtype!r}")
+        check_options(lr, adam_betas, unit={"momentum": momentum, "beta2": beta2},
+                      choices={"ns_dtype": (ns_dtype, NS_DTYPES)})
         if ns_steps < 1:
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
         defaults = {"lr": lr, "momentum": momentum, "beta2": beta2, "nesterov": nesterov, "ns_steps": ns_steps,

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 import torch
 
 from optsweep.optim import sharding
-from optsweep.optim.base import closure_loss
+from optsweep.optim.base import check_options, closure_loss
 from optsweep.optim.groups import infer_role
 
 # Both Fira and APOLLO add this to the denominators of their norm ratios and limiter.
@@ -163,10 +163,7 @@ class LowRankAdam(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
                  rank: int | None, update_proj_gap: int, **method_defaults):
-        if lr < 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        check_options(lr, betas)
         if rank is not None and rank < 0:
             raise ValueError(f"rank must be >= 1 (or 0/None for no projection), got {rank}")
         if update_proj_gap < 1:

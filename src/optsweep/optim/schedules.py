@@ -11,6 +11,11 @@ import math
 from dataclasses import dataclass
 
 
+def decay_progress(step: int, warmup_steps: int, total_steps: int) -> float:
+    """How far the decay after warmup has gone: 0 at its start, 1 at ``total_steps`` and after."""
+    return min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
 @dataclass
 class WarmupCosine:
     """The paper's schedule (GaLore's ``cosine`` with min ratio): linear warmup from 0 to 1 over
@@ -23,24 +28,20 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return step / max(1, self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * decay_progress(step, self.warmup_steps, self.total_steps)))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
 
 
 @dataclass
-class WarmupLinear:
+class WarmupLinear(WarmupCosine):
     """Linear warmup, then linear decay to ``min_lr_ratio`` at ``total_steps``."""
 
-    warmup_steps: int
-    total_steps: int
     min_lr_ratio: float = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return step / max(1, self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return 1.0 - (1.0 - self.min_lr_ratio) * progress
+        return 1.0 - (1.0 - self.min_lr_ratio) * decay_progress(step, self.warmup_steps, self.total_steps)
 
 
 @dataclass

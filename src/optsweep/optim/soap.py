@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.base import ForModel, closure_loss
+from optsweep.optim.base import ForModel, PerParameter, check_options
 
 SIDES = ("L", "R")
 
@@ -125,7 +125,7 @@ def refresh_eigenbasis(factor: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return new_q.to(q.dtype), order
 
 
-class SOAP(ForModel, torch.optim.Optimizer):
+class SOAP(ForModel, PerParameter, torch.optim.Optimizer):
     """SOAP: Adam in the eigenbasis of Shampoo's preconditioner, on every parameter. See the module docstring."""
 
     def __init__(
@@ -141,8 +141,7 @@ class SOAP(ForModel, torch.optim.Optimizer):
         precondition_1d: bool = False,
         normalize_grads: bool = False,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
+        check_options(lr, betas)
         if precondition_frequency < 1:
             raise ValueError(f"precondition_frequency must be >= 1, got {precondition_frequency}")
         if shampoo_beta is not None and not 0.0 <= shampoo_beta < 1.0:
@@ -157,16 +156,7 @@ class SOAP(ForModel, torch.optim.Optimizer):
                 if p.ndim > 2:
                     raise ValueError(f"SOAP here takes 1-D and 2-D parameters, got one of shape {tuple(p.shape)}")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_one(p, group)
-        return loss
-
-    def _step_one(self, p: Tensor, group: dict) -> None:
+    def update(self, p: Tensor, group: dict) -> None:
         state = self.state[p]
         grad = sharding.full_tensor(p.grad)  # the one all-gather of this parameter under FSDP2
         beta1, beta2 = group["betas"]

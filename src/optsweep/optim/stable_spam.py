@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from optsweep.optim import sharding
-from optsweep.optim.base import ForModel, closure_loss
+from optsweep.optim.base import ForModel, check_options, closure_loss
 
 RESET_TIMINGS = ("after_update", "before_update")
 STATS_DTYPES = ("grad", "float32")
@@ -112,21 +112,12 @@ class StableSPAM(ForModel, torch.optim.Optimizer):
         reset_timing: str = "after_update",
         stats_dtype: str = "grad",
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"invalid betas {betas}")
-        for name, value in (("gamma1", gamma1), ("gamma2", gamma2), ("gamma3", gamma3)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        check_options(lr, betas, unit={"gamma1": gamma1, "gamma2": gamma2, "gamma3": gamma3},
+                      choices={"reset_timing": (reset_timing, RESET_TIMINGS), "stats_dtype": (stats_dtype, STATS_DTYPES)})
         if update_proj_gap < 0:
             raise ValueError(f"update_proj_gap must be >= 0 (0 disables MoRet), got {update_proj_gap}")
         if total_T is not None and total_T < 1:
             raise ValueError(f"total_T must be a positive step count or None, got {total_T}")
-        if reset_timing not in RESET_TIMINGS:
-            raise ValueError(f"reset_timing must be one of {RESET_TIMINGS}, got {reset_timing!r}")
-        if stats_dtype not in STATS_DTYPES:
-            raise ValueError(f"stats_dtype must be one of {STATS_DTYPES}, got {stats_dtype!r}")
         defaults = {
             "lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "gamma1": gamma1,
             "gamma2": gamma2, "gamma3": gamma3, "update_proj_gap": update_proj_gap, "total_T": total_T,

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from optsweep.optim import sharding
 from optsweep.optim.aux_adam import HiddenMatrixOptimizer, adam_lr_groups, apply_update_
+from optsweep.optim.base import check_options
 from optsweep.optim.muon import AUX_ADAM_ROLES
 from optsweep.optim.newton_schulz import inverse_sqrt_newton_schulz, whiten_newton_schulz
 
@@ -135,14 +136,9 @@ class SWAN(HiddenMatrixOptimizer):
         adam_eps: float = 1e-8,
         whiten_form: str = "polar",
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if whiten_side not in WHITEN_SIDES:
-            raise ValueError(f"whiten_side must be one of {WHITEN_SIDES}, got {whiten_side!r}")
-        if whiten_form not in WHITEN_FORMS:
-            raise ValueError(f"whiten_form must be one of {WHITEN_FORMS}, got {whiten_form!r}")
-        if gradnorm_axis not in GRADNORM_AXES:
-            raise ValueError(f"gradnorm_axis must be one of {GRADNORM_AXES}, got {gradnorm_axis!r}")
+        check_options(lr, adam_betas, choices={"whiten_side": (whiten_side, WHITEN_SIDES),
+                                               "whiten_form": (whiten_form, WHITEN_FORMS),
+                                               "gradnorm_axis": (gradnorm_axis, GRADNORM_AXES)})
         if ns_steps < 1 or ns_beta <= 0.0:
             raise ValueError(f"need ns_steps >= 1 and ns_beta > 0, got {ns_steps}, {ns_beta}")
         defaults = {"lr": lr, "ns_steps": ns_steps, "ns_beta": ns_beta, "whiten_side": whiten_side,

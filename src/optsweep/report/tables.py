@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from optsweep import metric_names
 from optsweep.report.cells import Budget, Fairness, Pairwise, Sensitivity, Summary, ToTarget, final_loss
 
 
@@ -103,8 +104,9 @@ def run_rows(summaries: Sequence[Summary]) -> list[list[object]]:
         for r in s.cell.runs:
             loss = final_loss(r)
             rows.append([s.method, s.model, r.seed, r.status, r.is_replicate, r.lr,
-                         r.metrics.get("val/loss") if loss < math.inf else "inf", r.metrics.get("val/ppl"),
-                         r.metrics.get("val/ppl_paper"), r.run_id, r.run_name, r.experiment])
+                         r.metrics.get(metric_names.VAL_LOSS) if loss < math.inf else "inf",
+                         r.metrics.get(metric_names.VAL_PPL), r.metrics.get(metric_names.VAL_PPL_PAPER), r.run_id,
+                         r.run_name, r.experiment])
     return rows
 
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optsweep import metric_names
 from optsweep.sweeper.attrs import FAILURE_ATTR, REPLICATE_ATTR, REPLICATE_OF_ATTR, RUN_ID_ATTR, WORKER_ATTR
 
 if TYPE_CHECKING:
@@ -53,6 +54,12 @@ def machine() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
+def _trial_attribute(key: str, doc: str) -> property:
+    """A property kept in the Optuna trial's user attributes, so every worker sharing the study sees it."""
+    return property(lambda self: self.trial.user_attrs.get(key), lambda self, value: self.trial.set_user_attr(key, value),
+                    doc=doc)
+
+
 class TrialContext:
     def __init__(self, trial: optuna.Trial, study_name: str, parent_run_id: str | None) -> None:
         self.trial = trial
@@ -63,21 +70,8 @@ class TrialContext:
     def number(self) -> int:
         return self.trial.number
 
-    @property
-    def run_id(self) -> str | None:
-        return self.trial.user_attrs.get(RUN_ID_ATTR)
-
-    @run_id.setter
-    def run_id(self, value: str) -> None:
-        self.trial.set_user_attr(RUN_ID_ATTR, value)
-
-    @property
-    def failure_reason(self) -> str | None:
-        return self.trial.user_attrs.get(FAILURE_ATTR)
-
-    @failure_reason.setter
-    def failure_reason(self, value: str) -> None:
-        self.trial.set_user_attr(FAILURE_ATTR, value)
+    run_id = _trial_attribute(RUN_ID_ATTR, "The MLflow run this trial trains in (None before it has one).")
+    failure_reason = _trial_attribute(FAILURE_ATTR, "Why the trial failed, in one sentence (None if it did not).")
 
     def record_worker(self) -> None:
         """Name this process as the one training the trial (the job calls it once it runs)."""
@@ -97,7 +91,7 @@ class TrialContext:
             return f"replicate-{self.number}-of-trial-{self.trial.user_attrs.get(REPLICATE_OF_ATTR)}"
         return f"trial-{self.number}"
 
-    def pruning_callback(self, monitor: str = "val/loss") -> OptunaPruning:
+    def pruning_callback(self, monitor: str = metric_names.VAL_LOSS) -> OptunaPruning:
         from optsweep.sweeper.pruning import OptunaPruning
 
         return OptunaPruning(self.trial, monitor=monitor)

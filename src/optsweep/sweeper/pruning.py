@@ -7,6 +7,7 @@ import math
 import optuna
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from optsweep import metric_names
 from optsweep.sweeper.attrs import PRUNED_ATTR
 
 
@@ -22,7 +23,7 @@ class OptunaPruning(Callback):
     the trial was pruned even when the exception reaches it wrapped (e.g. from a ddp_spawn worker).
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = "val/loss") -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str = metric_names.VAL_LOSS) -> None:
         self.trial = trial
         self.monitor = monitor
 

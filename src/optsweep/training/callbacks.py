@@ -161,7 +161,7 @@ class DivergenceGuard(L.Callback):
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
-        pl_module.log_metrics({"train/skipped_steps": self.skipped_steps})
+        pl_module.log_metrics({metric_names.SKIPPED_STEPS: self.skipped_steps})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -241,7 +241,7 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        loss = items.get("train/loss")
+        loss = items.get(metric_names.TRAIN_LOSS)
         if isinstance(loss, (int, float)) and loss < 50:
             items["ppl"] = f"{math.exp(loss):.1f}"
         return items

@@ -113,7 +113,7 @@ class LlamaLitModule(L.LightningModule):
         detached = loss.detach().float()
         self._step_loss = detached if self._step_loss is None else self._step_loss + detached
         self._step_micro_batches += 1
-        self.log("train/loss", loss, prog_bar=True, logger=False)
+        self.log(metric_names.TRAIN_LOSS, loss, prog_bar=True, logger=False)
         return loss
 
     def on_train_start(self) -> None:
@@ -146,7 +146,7 @@ class LlamaLitModule(L.LightningModule):
         metrics = {metric_names.LR: optimizer.param_groups[0]["lr"], metric_names.TOKENS: self.tokens_seen}
         for group in optimizer.param_groups:
             if "role" in group:
-                metrics[f"lr/{group['role']}"] = group["lr"]
+                metrics[metric_names.LR_OF_ROLE + group["role"]] = group["lr"]
         loss = self._step_loss / max(1, self._step_micro_batches)
         nonpad = self.tokens_seen_nonpad.float()
         if self.trainer.world_size > 1:
