@@ -27,8 +27,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FixedTrial, TrialState
 
 from optsweep.sweeper import guards
-from optsweep.sweeper.core import _objective_values, default_study_name
 from optsweep.sweeper.search_space import SearchSpace, parse_param
+from optsweep.sweeper.study import default_study_name
+from optsweep.sweeper.trials import objective_values
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "tests" / "_sweep_app" / "app.py"
@@ -130,11 +131,11 @@ def test_grid_and_clashes():
 
 def test_study_name_ignores_override_order_and_objective_values_are_checked():
     assert default_study_name(["b=1", "a=2"]) == default_study_name(["a=2", "b=1"]) == "a=2 b=1"
-    assert _objective_values(1.5, 1) == ([1.5], None)
-    assert _objective_values(math.nan, 1)[1] == "objective is nan (diverged)"
-    assert _objective_values(math.inf, 1)[1] == "objective is inf (diverged)"
-    assert "not a number" in _objective_values("oops", 1)[1]
-    assert "2 values for 1 objective" in _objective_values([1.0, 2.0], 1)[1]
+    assert objective_values(1.5, 1) == ([1.5], None)
+    assert objective_values(math.nan, 1)[1] == "objective is nan (diverged)"
+    assert objective_values(math.inf, 1)[1] == "objective is inf (diverged)"
+    assert "not a number" in objective_values("oops", 1)[1]
+    assert "2 values for 1 objective" in objective_values([1.0, 2.0], 1)[1]
 
 
 def test_strategies_that_relaunch_the_script_are_refused():

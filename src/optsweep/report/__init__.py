@@ -5,8 +5,9 @@
 
 One job per module: ``queries`` reads runs from MLflow, ``cells`` turns them into cells and per-method
 numbers with the pure functions of ``stats``, ``tables`` renders markdown and CSV, ``plots`` draws, ``publish``
-logs a report back to MLflow, and ``compare`` is the command that strings them together. Kept light on
-imports: each subcommand imports what it needs.
+logs a report back to MLflow, and ``compare`` is the command that strings them together. ``memory`` is a
+package of its own (the paper's numbers, its counting rules, the measurement, the rows, their rendering).
+Kept light on imports: each subcommand imports what it needs.
 """
 
 from __future__ import annotations

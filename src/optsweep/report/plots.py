@@ -142,15 +142,11 @@ def pareto_plot(points: Sequence[ParetoPoint], path: Path, ppl_label: str, title
         ax.set_title(model, fontsize=10)
         ax.grid(True, alpha=0.3, which="both")
         ax.margins(x=0.15, y=0.15)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        _legend_outside(ax)
         _place_labels(fig, ax, [p.method for p in shown], xy, [colours[p.method] for p in shown])
     for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 # Label positions tried around a point, in points: right, left, above, below, then further out.
@@ -268,12 +264,8 @@ def loss_curves_plot(curves: Sequence[Curve], path: Path, x_label: str, title: s
             late.set_ylim(low - pad, high + pad)
         late.set_ylabel("validation loss (nats per token)")
         late.set_title(f"{model}: second half (seeds' range shaded)", fontsize=10)
-        late.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+        _legend_outside(late)
+    return _save(fig, path, title)
 
 
 def _points(curve: Curve):
@@ -321,7 +313,16 @@ def sensitivity_plot(points: Sequence[LrPoint], profiles: dict[tuple[str, str], 
         ax.set_ylabel("final validation loss")
         ax.set_title(model, fontsize=10)
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        _legend_outside(ax)
+    return _save(fig, path, title)
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, so it hides no curve."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _save(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")

@@ -16,13 +16,10 @@ Rules the loop keeps (sweeps/README.md says the same for users):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-import random
 import signal
-import threading
 import time
 import traceback
 from collections import Counter
@@ -41,84 +38,13 @@ from optuna.trial import TrialState
 from optsweep import errors, services
 from optsweep.sweeper import attrs as attr_names
 from optsweep.sweeper import context, guards, replicates
-from optsweep.sweeper._locks import sqlite_creation_lock
 from optsweep.sweeper.context import machine as _machine
 from optsweep.sweeper.mlflow_parent import SweepRun
 from optsweep.sweeper.search_space import SearchSpace, SweepConfigError
+from optsweep.sweeper.study import absolute_url, create_or_load, default_study_name, open_storage, retrying
+from optsweep.sweeper.trials import FINISHED, Heartbeat, objective_values, why_interrupted
 
 log = logging.getLogger(__name__)
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def default_study_name(arguments: list[str]) -> str:
-    """The command's overrides, order-free: the same command continues the same study."""
-    name = " ".join(sorted(arguments)) or "sweep"
-    if len(name) > 200:
-        name = f"{name[:180]}...{hashlib.sha1(name.encode()).hexdigest()[:10]}"
-    return name
-
-
-def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    if url is None:
-        log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
-        return None
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        # several workers on one sqlite file wait for each other's writes instead of failing at once
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    with sqlite_creation_lock(url):
-        return _retrying(lambda: optuna.storages.RDBStorage(url, **kwargs), "opening the Optuna storage")
-
-
-def _retrying(make: Any, what: str, attempts: int = 5) -> Any:
-    """Workers started together race to create the same database tables: the loser waits and retries."""
-    for attempt in range(attempts):
-        try:
-            return make()
-        except Exception as error:
-            if attempt == attempts - 1:
-                raise
-            log.info("%s failed (%s), retrying", what, type(error).__name__)
-            time.sleep(1.0 + attempt + random.random())
-
-
-class _Heartbeat:
-    """Marks running trials alive (user attribute `heartbeat`, seconds since the epoch) every interval."""
-
-    def __init__(self, study: optuna.Study, trial_ids: list[int], interval: int | None) -> None:
-        self.storage, self.trial_ids, self.interval = study._storage, trial_ids, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="optuna-heartbeat")
-
-    def __enter__(self) -> _Heartbeat:  # noqa: PYI034
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            for trial_id in self.trial_ids:
-                try:
-                    self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
-                except Exception as error:  # noqa: BLE001 - a missed beat is not worth a crash
-                    log.debug("heartbeat of trial %d failed: %s", trial_id, error)
-
 
 class OptunaSweep:
     def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, study_name: str | None,
@@ -185,9 +111,9 @@ class OptunaSweep:
         # an unreachable storage or tracking server: one sentence in seconds, before any trial
         services.check_storage_url(self.storage_url)
         services.check_tracking_uri(self.mlflow_cfg.get("tracking_uri"), "hydra.sweeper.mlflow.tracking_uri")
-        storage = _storage(self.storage_url)
-        study, created = _retrying(lambda: _create_or_load(study_name, storage, sampler, pruner, directions),
-                                   "creating the study")
+        storage = open_storage(self.storage_url)
+        study, created = retrying(lambda: create_or_load(study_name, storage, sampler, pruner, directions),
+                                  "creating the study")
         log.info("study %r in %s: %d trials so far, target n_trials=%d", study_name, self.storage_url,
                  len(study.trials), self.n_trials)
         for key, expression in space.describe().items():
@@ -198,7 +124,8 @@ class OptunaSweep:
         parent_id = self.parent.run_id if self.parent else None
         saved_env = os.environ.get(context.SWEEP_ENV)
         os.environ[context.SWEEP_ENV] = context.sweep_environment(
-            self._absolute_url(), study_name, OmegaConf.to_container(self.pruner_cfg, resolve=True), parent_id)
+            absolute_url(self.storage_url), study_name, OmegaConf.to_container(self.pruner_cfg, resolve=True),
+            parent_id)
         try:
             self._loop(study, study_name, space, passthrough, parent_id, self.n_trials, search=True)
             if int(self.replicates.get("top_k") or 0) > 0:
@@ -214,12 +141,6 @@ class OptunaSweep:
                 os.environ[context.SWEEP_ENV] = saved_env
         return self._summarize(study, study_name)
 
-    def _absolute_url(self) -> str | None:
-        url = self.storage_url
-        if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
-        return url
-
     def _replicate(self, search: optuna.Study, study_name: str, space: SearchSpace, passthrough: list[str],
                    parent_id: str | None, storage: Any, directions: list[str]) -> None:
         """Rerun the best configurations on new seeds, in the replicate study (enqueued once, then resumed)."""
@@ -227,7 +148,7 @@ class OptunaSweep:
         seeds = replicates.seeds_for(self.replicates.get("seeds", 3),
                                      int(OmegaConf.select(self.config, "seed", default=0) or 0))
         name = replicates.replicate_study_name(study_name)
-        study = _retrying(lambda: optuna.create_study(
+        study = retrying(lambda: optuna.create_study(
             study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
             directions=directions, load_if_exists=True), "creating the replicate study")
         wanted = replicates.plan(search.get_trials(deepcopy=False), top_k, seeds)
@@ -333,7 +254,7 @@ class OptunaSweep:
         with ExitStack() as stack:
             for trial, _ in jobs:
                 stack.enter_context(context.activate(context.TrialContext(trial, study_name, parent_id)))
-            stack.enter_context(_Heartbeat(study, [t._trial_id for t, _ in jobs], self.heartbeat_interval))
+            stack.enter_context(Heartbeat(study, [t._trial_id for t, _ in jobs], self.heartbeat_interval))
             try:
                 returns = self.launcher.launch([job for _, job in jobs], initial_job_idx=jobs[0][0].number)
             except BaseException as interrupt:
@@ -385,7 +306,7 @@ class OptunaSweep:
             trial.set_user_attr("job_dir", str(output_dir))
         attrs = trial.user_attrs
         if ret.status == JobStatus.COMPLETED:
-            values, problem = _objective_values(ret.return_value, len(study.directions))
+            values, problem = objective_values(ret.return_value, len(study.directions))
             if problem is None:
                 self._finish(study, trial, TrialState.COMPLETE, values, None)
             else:
@@ -419,15 +340,7 @@ class OptunaSweep:
     def _requeue_interrupted(self, study: optuna.Study) -> None:
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # the sweeper that took it tells the result; older studies recorded it as `worker`
-            worker = trial.user_attrs.get(attr_names.SWEEPER_ATTR) or trial.user_attrs.get(attr_names.WORKER_ATTR) or {}
-            beat = trial.user_attrs.get("heartbeat")
-            why = None
-            if worker.get("machine") == self.machine and (worker.get("pid") == self.pid
-                                                           or not _alive(int(worker.get("pid", -1)))):
-                why = f"interrupted: its worker (pid {worker.get('pid')}) is gone"
-            elif self.grace_period and beat is not None and now - beat > self.grace_period:
-                why = f"interrupted: no heartbeat for {now - beat:.0f} s (worker {worker.get('machine')})"
+            why = why_interrupted(trial, self.machine, self.pid, self.grace_period, now)
             if why:
                 self._requeue(study, trial, why)
 
@@ -470,30 +383,3 @@ class OptunaSweep:
             self.parent.summarize({state.name: counts.get(state.name, 0) for state in TrialState}, best,
                                   counts.get("RUNNING", 0), counted_at)
         return results
-
-
-def _create_or_load(study_name: str, storage: Any, sampler: Any, pruner: Any,
-                    directions: list[str]) -> tuple[optuna.Study, bool]:
-    """The study, and whether this call created it: the storage inserts a study atomically, so among
-    workers started together exactly one is its creator (the one that opens its MLflow parent run)."""
-    try:
-        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                   directions=directions), True
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                   directions=directions, load_if_exists=True), False
-
-
-def _objective_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
-    """The task's return value as floats, or the reason it cannot be told as COMPLETE."""
-    raw = list(value) if isinstance(value, list | tuple) else [value]
-    try:
-        values = [float(v) for v in raw]
-    except (TypeError, ValueError):
-        return None, f"the task returned {value!r}, not a number"
-    if len(values) != n_objectives:
-        return None, f"the task returned {len(values)} values for {n_objectives} objective(s)"
-    if not all(math.isfinite(v) for v in values):
-        return None, f"objective is {value} (diverged)"
-    return values, None
-
