@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> float:
     check_values(cfg)  # a bad number, before torch, Lightning and MLflow are imported
     check_run_services(cfg)  # seconds, not MLflow's minutes of retries, for a server that is not there
 
-    from optsweep.training.checkpointing import Interrupted
+    from optsweep.training.callbacks import Interrupted
     from optsweep.training.train import train
     from optsweep.training.validate import check_multirun
 

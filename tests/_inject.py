@@ -103,12 +103,12 @@ class KillDuringSave(L.Callback):
         self.name = name
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from optsweep.training import checkpointing
+        from optsweep.training import checkpoint_io
 
         pids = [os.getpid()] * trainer.world_size
         if trainer.world_size > 1:
             torch.distributed.all_gather_object(pids, os.getpid())
-        write = checkpointing._write_durably
+        write = checkpoint_io._write_durably
 
         def dies_midway(obj, file) -> None:
             if trainer.global_step != self.step or f".{self.name}." not in str(file):
@@ -124,7 +124,7 @@ class KillDuringSave(L.Callback):
                     os.kill(pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        checkpointing._write_durably = dies_midway
+        checkpoint_io._write_durably = dies_midway
 
 
 # --- driving run.py in a subprocess (as tests/test_run_e2e.py does) ---------------------------------------
@@ -230,7 +230,7 @@ def sharded_resume(name: str, folder: str, rank: int) -> dict:
 
     from optsweep.models.llama import ModelSpec, build_llama
     from optsweep.optim.registry import build_optimizer
-    from optsweep.training.checkpointing import load_sharded_checkpoint, save_sharded_checkpoint
+    from optsweep.training.fsdp2 import load_sharded_checkpoint, save_sharded_checkpoint
 
     spec = ModelSpec(name="t", hidden_size=32, intermediate_size=65, num_hidden_layers=2, num_attention_heads=4,
                      vocab_size=97)

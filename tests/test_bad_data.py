@@ -26,8 +26,9 @@ from optsweep.data import DataUnavailableError, c4, sample
 from optsweep.data.c4 import LocalShards, load_tokenizer, write_shard
 from optsweep.data.check import check_folder
 from optsweep.data.check import main as check_main
-from optsweep.data.datamodule import LMDataModule, TrainStream
+from optsweep.data.datamodule import LMDataModule
 from optsweep.data.shardfile import BadDocumentError, BadShardError
+from optsweep.data.stream import TrainStream
 from optsweep.errors import explain
 
 ROOT = Path(__file__).resolve().parents[1]

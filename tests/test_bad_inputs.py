@@ -28,7 +28,7 @@ from optsweep.data.datamodule import LMDataModule
 from optsweep.data.sample import ensure_sample
 from optsweep.errors import UserError, explain
 from optsweep.training import validate
-from optsweep.training.checkpointing import check_compatible, find_resume_checkpoint, read_checkpoint_meta
+from optsweep.training.checkpoint_io import check_compatible, find_resume_checkpoint, read_checkpoint_meta
 from optsweep.training.train import build_budget
 from optsweep.training.validate import check_config, check_multirun, check_vocabulary
 

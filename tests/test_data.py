@@ -23,8 +23,10 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from optsweep.data import DataUnavailableError, LMDataModule, c4, sample
-from optsweep.data.datamodule import TrainLoader, TrainStream, validation_rows
-from optsweep.data.rows import collate, max_token_id_in_text
+from optsweep.data.loader import TrainLoader, collate
+from optsweep.data.rows import max_token_id_in_text
+from optsweep.data.stream import TrainStream
+from optsweep.data.validation import validation_rows
 from optsweep.errors import UserError
 
 # --- helpers: an independent reading of the files -------------------------------------------------------

@@ -1,7 +1,7 @@
 """DDP and FSDP2 on CPU/gloo with 2 processes, each run a run.py subprocess (issue 7).
 
 Same global batch for 1 and 2 processes: the train stream gives each rank its own documents. With fewer
-shards than readers every reader reads all shards and keeps documents r, r+W, ... (datamodule.py), so a
+shards than readers every reader reads all shards and keeps documents r, r+W, ... (documents.py), so a
 one-shard folder, file order (no shuffle) and rows one document each make the 2-rank global batch the same
 8 documents as the 1-process batch (grouped differently into micro batches). At seq_len 16 the rows are
 full (no padding), so the mean-of-micro-batch-means the two compute is the same mean: DDP equals one

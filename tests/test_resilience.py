@@ -22,8 +22,9 @@ from _inject import history, mlflow_run, run_py
 from torch.distributed.checkpoint import load as dcp_load
 
 from optsweep.data.sample import ensure_sample
-from optsweep.training import checkpointing
+from optsweep.training import checkpoint_io
 from optsweep.training.callbacks import DivergenceError, DivergenceGuard
+from optsweep.training.fsdp2 import FSDP2Strategy
 
 torch.set_num_threads(1)
 
@@ -118,7 +119,7 @@ def test_nan_stops_with_step_lr_last_loss_and_keeps_last_good_checkpoint(tmp_pat
 
 
 def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    io = checkpointing.AtomicCheckpointIO()
+    io = checkpoint_io.AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 4, "w": torch.arange(3.0)}, path)
 
@@ -126,7 +127,7 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
         handle.write(b"half a checkpoint")
         raise KeyboardInterrupt  # also a BaseException that is not an Exception
 
-    monkeypatch.setattr(checkpointing.torch, "save", dies_midway)
+    monkeypatch.setattr(checkpoint_io.torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 8, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -142,7 +143,7 @@ def small_checkpoint(step: int) -> dict:
 
 def save(fmt: str, step: int, path: Path) -> None:
     """Through FSDP2Strategy's own save (one process: its collectives are no-ops)."""
-    strategy = checkpointing.FSDP2Strategy(save_distributed_checkpoint=fmt == "dcp")
+    strategy = FSDP2Strategy(save_distributed_checkpoint=fmt == "dcp")
     strategy.save_checkpoint(small_checkpoint(step), path)
 
 
@@ -166,14 +167,14 @@ def test_interrupted_fsdp2_save_leaves_previous_checkpoint_intact(tmp_path, monk
         Path(file).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpointing, "_write_durably", dies_midway)
+    monkeypatch.setattr(checkpoint_io, "_write_durably", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         save(fmt, 6, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary left behind
     step, weights = saved_step_and_weights(path)
     assert step == 4 and torch.equal(weights, torch.full((3,), 4.0))
-    assert checkpointing.find_resume_checkpoint("last", tmp_path) == str(path)
+    assert checkpoint_io.find_resume_checkpoint("last", tmp_path) == str(path)
 
 
 def test_fsdp2_save_switches_format_in_place(tmp_path):
@@ -188,7 +189,7 @@ def test_last_is_the_newest_complete_checkpoint(tmp_path):
     """What crashes leave behind: temporaries never count, whatever they hold; a folder without .metadata or
     an unreadable file is no checkpoint; a previous last.ckpt renamed aside is; the highest step wins."""
     def find() -> str | None:
-        return checkpointing.find_resume_checkpoint("last", tmp_path)
+        return checkpoint_io.find_resume_checkpoint("last", tmp_path)
 
     save("dcp", 4, tmp_path / "last.ckpt")
     save("file", 2, tmp_path / "step0000002.ckpt")
@@ -226,8 +227,8 @@ def test_fsdp2_killed_midway_through_a_save_resumes_from_the_previous_checkpoint
     assert len(leftovers) == 1, sorted(ckpts.iterdir())  # the save was under way...
     last = ckpts / "last.ckpt"
     assert last.is_dir() == (fmt == "dcp")
-    assert checkpointing.read_checkpoint_meta(str(last))["world_size"] == 2  # ...and the previous one is whole
-    assert checkpointing._saved_step(last) == 2
+    assert checkpoint_io.read_checkpoint_meta(str(last))["world_size"] == 2  # ...and the previous one is whole
+    assert checkpoint_io._saved_step(last) == 2
     _, before = mlflow_run(tmp_path)
 
     resumed = run_py(tmp_path, *overrides, "train.ckpt_path=last", timeout=600)
@@ -240,7 +241,7 @@ def test_fsdp2_killed_midway_through_a_save_resumes_from_the_previous_checkpoint
     assert sorted(losses) == [1, 2, 3, 4] and len(losses[3]) == 2, losses  # step 3: before the kill and after
     assert losses[3][0] == losses[3][1], losses  # the resume is exact
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]  # the next save cleared the leftover
-    assert checkpointing._saved_step(last) == 4
+    assert checkpoint_io._saved_step(last) == 4
 
 
 # --- the guard's "skip up to K non-finite steps", in process on a one-parameter model ----------------------

@@ -7,7 +7,7 @@ only opening a file differs, so everything downstream (shuffle, rank/worker spli
 path - the embedded ``sample`` corpus is written in this format and read through :class:`LocalShards`.
 
 Streaming does not go through ``datasets``: its shuffle buffer is lost on resume, and resuming must give
-exactly the batches an uninterrupted run sees (see ``datamodule.TrainStream``).
+exactly the batches an uninterrupted run sees (see ``stream.TrainStream``).
 """
 
 from __future__ import annotations

@@ -1,29 +1,22 @@
-"""From tokens to training rows, and from rows to batches.
+"""Documents -> tokens -> rows, in one of two formats.
 
-Two row formats:
 - ``paper``: one document per row, as the paper's scripts do it - ``tokenizer(text, max_length=seq_len,
   truncation=True, padding="max_length")``, so the tokenizer appends eos (T5's does; so does the sample's),
   long documents are cut at ``seq_len`` (keeping eos last) and short ones padded with the pad id.
 - ``packed``: documents tokenized whole, each followed by eos, concatenated and cut into ``seq_len`` rows:
   no padding, no token thrown away.
 
-A row travels as ``(ids, length)``: ``length`` tokens are real, the rest are pad. A batch is
-``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels`` = ``input_ids`` with -100 at pad
-positions, so that the loss ignores padding (transformers shifts the labels itself).
+A row travels as ``(ids, length)``: ``length`` tokens are real, the rest are pad (batches: ``loader.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
-
 ROW_FORMATS = ("paper", "packed")
-IGNORE_INDEX = -100
+ENCODE_CHUNK = 64  # documents per tokenizer call: one call per document costs more; larger gains nothing
 
 Row = tuple[np.ndarray, int]
 
@@ -58,15 +51,6 @@ def pack(documents: Sequence[Sequence[int]], seq_len: int) -> tuple[list[Row], l
     n_rows = len(flat) // seq_len
     rows = [(flat[i * seq_len : (i + 1) * seq_len], seq_len) for i in range(n_rows)]
     return rows, flat[n_rows * seq_len :].tolist()
-
-
-def collate(rows: Sequence[Row]) -> dict[str, torch.Tensor]:
-    import torch  # here, so that the config checks can read ROW_FORMATS without importing torch
-
-    ids = torch.from_numpy(np.stack([r[0] for r in rows])).long()
-    lengths = torch.tensor([r[1] for r in rows], dtype=torch.long)
-    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
 
 
 def max_token_id_in_text(tokenizer) -> int:

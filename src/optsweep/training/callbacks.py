@@ -1,20 +1,28 @@
-"""Callbacks: measured throughput and MFU, a progress bar counted in optimizer steps, divergence guard.
+"""Callbacks: throughput and MFU, a progress bar in optimizer steps, the divergence guard, checkpoints,
+a clean stop on a signal, and the count of skipped bad data lines.
 
 None of them synchronises the host with the device every step: timings are wall-clock over a logging
 window (the device queue is bounded, so a window's average is the device's real rate), and the
 divergence guard accumulates a non-finite flag on the device and reads it every ``check_every_n_steps``.
+
+- ``StepCheckpoint`` saves every N optimizer steps and at the end of training, whatever the last step is.
+- ``GracefulShutdown`` turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a checkpoint at the next
+  optimizer-step boundary, then stops with ``Interrupted`` so the run is marked KILLED, not FAILED.
 """
 
 from __future__ import annotations
 
 import math
 import resource
+import signal
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from optsweep import metric_names
 from optsweep.models.llama import flops_per_token
@@ -46,6 +54,15 @@ class DivergenceError(RuntimeError):
             "lower optimizer.lr or raise train.warmup_steps"
         )
         self.step = step
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, path: str | None) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint {path}; resume with train.ckpt_path=last")
+        self.signum = signum
 
 
 class SpeedMonitor(L.Callback):
@@ -245,3 +262,88 @@ class StepProgressBar(TQDMProgressBar):
         if isinstance(loss, (int, float)) and loss < 50:
             items["ppl"] = f"{math.exp(loss):.1f}"
         return items
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also saves the final step (a step file and ``last.ckpt``).
+
+    With ``every_n_train_steps`` Lightning saves only at multiples of N (its end-of-training save is skipped
+    once any ``last.ckpt`` was written), so a run of 10 steps with N=4 ended with step 8 as its newest
+    checkpoint. Training that stops on an exception (divergence, a signal) does not reach ``on_train_end``:
+    the last good checkpoint stays the newest.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._should_skip_saving_checkpoint(trainer):  # also: already saved at this step
+            return super().on_train_end(trainer, pl_module)
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
+class GracefulShutdown(L.Callback):
+    """On SIGTERM/SIGINT: finish the current optimizer step, save ``last.ckpt``, stop with ``Interrupted``."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not _main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        received = self.received
+        if trainer.world_size > 1:  # every rank must stop at the same step: agree every 10 steps
+            if trainer.global_step % 10 or trainer.fit_loop._should_accumulate():
+                return
+            flag = torch.tensor(float(received or 0), device=pl_module.device)
+            received = int(trainer.strategy.reduce(flag, reduce_op="max").item()) or None
+        if received is None or trainer.fit_loop._should_accumulate():
+            return
+        # Lightning calls the module's own on_train_batch_end after the callbacks': let it log this step
+        # first (it does so once per step), and never save a diverged state as the last good one.
+        pl_module.on_train_batch_end(outputs, batch, batch_idx)
+        for callback in trainer.callbacks:
+            if isinstance(callback, DivergenceGuard):
+                callback.check(trainer)
+        path = None
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            path = str(Path(checkpoint.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(path)
+        raise Interrupted(received, trainer.global_step, path)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class SkippedLinesMonitor(L.Callback):
+    """Logs ``data/bad_documents_skipped`` (summed over ranks) when the data skips bad lines."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % max(1, trainer.log_every_n_steps) or getattr(self, "_logged_at", None) == step:
+            return
+        self._logged_at = step
+        # every rank reads the whole validation split: count its bad lines once
+        count = torch.tensor(float(trainer.datamodule.bad_lines_skipped(trainer.is_global_zero)))
+        if trainer.world_size > 1:
+            count = trainer.strategy.reduce(count.to(pl_module.device), reduce_op="sum")
+        pl_module.log_metrics({metric_names.BAD_DOCUMENTS_SKIPPED: count})

@@ -17,15 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optsweep import metric_names, tracking
-from optsweep.data.datamodule import SkippedLinesMonitor
 from optsweep.models.llama import build_llama, count_parameters
 from optsweep.optim.registry import optimizer_factory
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
-from optsweep.training.callbacks import DivergenceError
-from optsweep.training.checkpointing import (
+from optsweep.training.callbacks import DivergenceError, GracefulShutdown, Interrupted, SkippedLinesMonitor
+from optsweep.training.checkpoint_io import (
     AtomicCheckpointIO,
-    GracefulShutdown,
-    Interrupted,
     check_compatible,
     find_resume_checkpoint,
     read_checkpoint_meta,
