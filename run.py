@@ -18,12 +18,14 @@ REPO = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(REPO))
 os.environ["OPTSWEEP_REPO"] = str(REPO)
 
-from optsweep.config import register_resolvers  # noqa: E402
-from optsweep.errors import explain  # noqa: E402
-from optsweep.logs import one_line_per_event  # noqa: E402
-from optsweep.services import check_run_services, shorten_mlflow_retries  # noqa: E402
+from optsweep.config import register_resolvers
+from optsweep.errors import explain
+from optsweep.logs import one_line_per_event
+from optsweep.preflight import check_multirun, check_values, register_schema
+from optsweep.services import check_run_services, shorten_mlflow_retries
 
 register_resolvers()
+register_schema()
 shorten_mlflow_retries()
 
 
@@ -32,15 +34,12 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from optsweep.training.validate import check_values
-
     print(OmegaConf.to_yaml(cfg, resolve=True))  # imports torch only where a GPU driver is (the precision)
     check_values(cfg)  # a bad number, before torch, Lightning and MLflow are imported
     check_run_services(cfg)  # seconds, not MLflow's minutes of retries, for a server that is not there
 
     from optsweep.training.callbacks import Interrupted
     from optsweep.training.train import train
-    from optsweep.training.validate import check_multirun
 
     one_line_per_event()  # Lightning is imported now, and nothing has logged yet
 

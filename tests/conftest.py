@@ -14,6 +14,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from optsweep.config import register_resolvers
+from optsweep.preflight import register_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,6 +24,7 @@ def compose_config(*overrides: str, hydra_config: bool = False, sweeps: bool = F
     """conf/config.yaml with ``overrides``; ``hydra_config`` keeps the ``hydra`` node (for ${hydra:...}),
     ``sweeps`` puts sweeps/ on the search path (for ``sweep=<name>``)."""
     register_resolvers()
+    register_schema()
     extra = [f"hydra.searchpath=[file://{ROOT / 'sweeps'}]"] if sweeps else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=hydra_config)

@@ -2,14 +2,15 @@
 
 Most of the table runs in process against what run.py calls before training: ``check_config`` (fast, no
 data, no training) and ``explain``, which turns Hydra's and OmegaConf's errors (unknown group option, key
-typo, unparsable override, ``???`` value) into the sentence run.py prints. A few cases go through run.py in
-subprocesses, run in parallel, to check the whole path: exit code, one `error:` line last, no traceback,
-no MLflow run opened and no checkpoint moved by a run that was refused.
+typo, a value of the wrong type for the schema, unparsable override, ``???`` value) into the sentence run.py
+prints. A few cases go through run.py in subprocesses, run in parallel, to check the whole path: exit code,
+one `error:` line last, no traceback, no MLflow run opened and no checkpoint moved by a run that was refused.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _inject import ROOT
-from conftest import compose_config
+from conftest import CONF, compose_config
+from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,10 +29,16 @@ from omegaconf import DictConfig, OmegaConf
 from optsweep.data.datamodule import LMDataModule
 from optsweep.data.sample import ensure_sample
 from optsweep.errors import UserError, explain
-from optsweep.training import validate
+from optsweep.preflight import (
+    check_config,
+    check_multirun,
+    check_vocabulary,
+    devices,
+    memory,
+    register_schema,
+)
 from optsweep.training.checkpoint_io import check_compatible, find_resume_checkpoint, read_checkpoint_meta
 from optsweep.training.train import build_budget
-from optsweep.training.validate import check_config, check_multirun, check_vocabulary
 
 QUICK = ["experiment=quickstart", "train.max_steps=2", "train.warmup_steps=0"]
 
@@ -42,8 +50,8 @@ def composed(*overrides: str) -> DictConfig:
 @pytest.fixture
 def machine(monkeypatch):
     """The same machine everywhere: 2 CPU cores and 16 GiB of memory."""
-    monkeypatch.setattr(validate, "_usable_cpus", lambda: 2)
-    monkeypatch.setattr(validate, "_physical_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(memory, "physical_memory", lambda: 16 * 2**30)
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="assumes a CPU-only machine")
@@ -85,16 +93,16 @@ CONFIG_CASES = [
     # keys added with + that nothing reads (Hydra's own hint for a typo is to add one)
     ("train key typo", ["+train.max_step=5"], ["train.max_step=5", "did you mean train.max_steps?"]),
     ("train key unknown", ["+train.foo=1"], ["train.foo=1", "its settings are", "total_batch_size"]),
+    ("divergence key typo", ["+divergence.max_skiped_steps=1"], ["did you mean divergence.max_skipped_steps?"]),
+    ("top-level key typo", ["+sed=1"], ["sed=1 is not a setting at the top level", "did you mean seed?"]),
     ("trainer key typo", ["+trainer.devcies=2"], ["trainer.devcies=2", "did you mean trainer.devices?"]),
     ("data key typo", ["+data.seqlen=64"], ["data.seqlen=64", "did you mean data.seq_len?"]),
     ("logger key typo", ["logger=mlflow", "+logger.mlflow.trackin_uri=x"], ["did you mean logger.mlflow.tracking_uri?"]),
     ("derived trainer key", ["+trainer.accumulate_grad_batches=4"],
      ["trainer.accumulate_grad_batches=4", "set by optsweep", "train.total_batch_size"]),
     # the run's numbers
-    ("max_steps text", ["train.max_steps=ten"], ["train.max_steps=ten", "positive integer", "train.max_steps="]),
     ("total batch negative", ["train.total_batch_size=-4"],
      ["train.total_batch_size=-4", "positive integer", "train.total_batch_size=512"]),
-    ("total batch fractional", ["train.total_batch_size=4.5"], ["train.total_batch_size=4.5", "integer"]),
     ("micro batch zero", ["train.micro_batch_size=0"], ["train.micro_batch_size=0", "positive integer"]),
     ("two budgets", ["train.max_tokens=1000"], ["train.max_steps=2 and train.max_tokens=1000", "exactly one"]),
     ("no budget", ["train.max_steps=null"], ["train.max_steps=null and train.max_tokens=null", "exactly one"]),
@@ -102,9 +110,6 @@ CONFIG_CASES = [
                                                         "train.warmup_steps<=2"]),
     ("warmup ratio", ["train.warmup_steps=null", "train.warmup_ratio=1.5"], ["train.warmup_ratio=1.5", "[0, 1]"]),
     ("eval interval", ["train.eval_every_n_steps=0"], ["train.eval_every_n_steps=0", "positive integer"]),
-    ("eval interval fractional", ["train.eval_every_n_steps=2.5"], ["train.eval_every_n_steps=2.5"]),
-    ("train flag", ["train.compile=yes"], ["train.compile=yes", "true or false"]),
-    ("seed", ["seed=abc"], ["seed=abc", "seed=42"]),
     ("init_seed", ["init_seed=-1"], ["init_seed=-1", "init_seed=42"]),
     ("divergence interval", ["divergence.check_every_n_steps=0"], ["divergence.check_every_n_steps=0"]),
     ("seq_len zero", ["data.seq_len=0"], ["data.seq_len=0", "integer >= 2"]),
@@ -189,6 +194,20 @@ HYDRA_CASES = [
     ("unfinished list", ["optimizer.betas=[0.9,"], ["'optimizer.betas=[0.9,' cannot be parsed", "key=value"]),
     ("no value", ["optimizer.lr"], ["'optimizer.lr' cannot be parsed", "missing EQUAL"]),
     ("append an existing key", ["+train.max_steps=3"], ["train.max_steps", "++train.max_steps=3"]),
+    # values of the wrong type for the schema (optsweep.preflight.schema)
+    ("max_steps text", ["train.max_steps=ten"], ["train.max_steps=ten must be an integer",
+                                                  "set e.g. train.max_steps=2, or null"]),
+    ("total batch fractional", ["train.total_batch_size=4.5"], ["train.total_batch_size=4.5 must be an integer",
+                                                                "train.total_batch_size=16"]),
+    ("eval interval fractional", ["train.eval_every_n_steps=2.5"],
+     ["train.eval_every_n_steps=2.5 must be an integer"]),
+    ("train flag", ["train.compile=maybe"], ["train.compile=maybe must be true or false",
+                                             "set train.compile=true or train.compile=false"]),
+    ("seed", ["seed=abc"], ["seed=abc must be an integer", "seed=42"]),
+    ("peak flops text", ["throughput.peak_flops=fast"],
+     ["throughput.peak_flops=fast is not a number", "a number, or null"]),
+    ("train replaced by a number", ["train=5"],
+     ["train=5 cannot replace the settings under train", "e.g. train.total_batch_size="]),
 ]
 
 
@@ -210,6 +229,27 @@ def test_unknown_group_option_lists_the_valid_ones():
         assert f"Could not find '{group}/{value}'" in message and f"Available options in '{group}'" in message
         valid = {"optimizer": "scale", "model": "llama_60m", "data": "c4_local", "strategy": "ddp"}[group]
         assert valid in explain(info.value)[0]
+
+
+def test_local_config_file_errors_name_the_file(tmp_path):
+    """conf/local/default.yaml is composed onto the same schema: its typos and wrong types are refused too."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "local").mkdir()
+    cases = [
+        ("# @package _global_\ntrain: {max_step: 5}",
+         "local/default.yaml: train.max_step names no setting under train (did you mean train.max_steps?)"),
+        ("# @package _global_\nseed: abc", "local/default.yaml: seed=abc must be an integer: set e.g. seed=42"),
+        ("logger: {mlflow: {tracking_uri: x}}",
+         "local/default.yaml puts its keys under local, which the config does not have: start it with the line"),
+    ]
+    register_schema()
+    for text, expected in cases:
+        (conf / "local" / "default.yaml").write_text(text + "\n")
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"), pytest.raises(Exception) as info:
+            compose("config")
+        sentence, status = explain(info.value)
+        assert status == 2 and sentence.startswith(expected), (text, sentence)
 
 
 def test_value_left_unset():
@@ -324,6 +364,7 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], dict, int, list[str]]]:
         ("unknown optimizer", ["optimizer=adamx"], {}, 2,
          ["error: optimizer=adamx names no optimizer config", "optimizer=<one of adafactor, adam, adam_mini"]),
         ("key typo", ["optimizer.lrr=1"], {}, 2, ["error: optimizer.lrr=1", "did you mean optimizer.lr=1?"]),
+        ("wrong type", ["train.max_steps=ten"], {}, 2, ["error: train.max_steps=ten must be an integer"]),
         ("unparsable override", ["optimizer.betas=[0.9,"], {}, 2, ["error: the override", "cannot be parsed"]),
         ("vocab", ["model.vocab_size=100"], {}, 2, ["error: tokenizer sample produces ids up to", "model.vocab_size>="]),
         ("c4_local missing", ["data=c4_local", f"data.path={tmp}/nowhere", "data.tokenizer=t5-base"], {}, 2,

@@ -15,9 +15,10 @@ os.environ["OPTSWEEP_REPO"] = {str(ROOT)!r}
 from hydra import compose, initialize_config_dir
 from optsweep.config import register_resolvers
 from optsweep.errors import UserError
-from optsweep.training.validate import check_values
+from optsweep.preflight import check_values, register_schema
 
 register_resolvers()
+register_schema()
 with initialize_config_dir(config_dir={str(ROOT / "conf")!r}, version_base="1.3"):
     for override in sys.argv[1:]:
         cfg = compose("config", overrides=["experiment=quickstart", override])

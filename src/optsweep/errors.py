@@ -1,10 +1,10 @@
 """Errors meant for the person at the keyboard: one sentence naming the field, the value and the fix.
 
 run.py turns whatever ends a run into one line with :func:`explain`: our own ``UserError``, and the bad
-inputs Hydra and OmegaConf report (a config group option that does not exist, a misspelt key, an override
-that does not parse, a value left ``???``, an object its config cannot build). They exit with status 2 and
-no traceback; anything else is a bug, reported in one line with status 1. HYDRA_FULL_ERROR=1 shows the
-traceback of both.
+inputs Hydra and OmegaConf report (a config group option that does not exist, a misspelt key, a value of
+the wrong type for the schema, an override that does not parse, a value left ``???``, an object its config
+cannot build). They exit with status 2 and no traceback; anything else is a bug, reported in one line with
+status 1. HYDRA_FULL_ERROR=1 shows the traceback of both.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ FAILURE_STATUS = 1
 
 class UserError(Exception):
     """A configuration or input problem the user can fix; its message is the whole story."""
+
+
+class ConfigError(UserError):
+    """A config value the checks before training refuse (optsweep.preflight)."""
 
 
 def explain(error: BaseException) -> tuple[str, int]:
@@ -48,8 +52,10 @@ def user_sentence(error: BaseException) -> str | None:
         from omegaconf.errors import (
             ConfigAttributeError,
             ConfigKeyError,
+            ConfigTypeError,
             MissingMandatoryValue,
             OmegaConfBaseException,
+            ValidationError,
         )
     except ImportError:  # pragma: no cover - both ship with the project
         return None
@@ -69,10 +75,23 @@ def user_sentence(error: BaseException) -> str | None:
             return inner
         return _not_buildable(error, cause)
     if isinstance(error, ConfigCompositionException):
-        cause = error.__cause__
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
-            return _unknown_key(str(error), cause)
-        return " ".join(s.strip().rstrip(".") + "." for s in str(error).splitlines() if s.strip())[:-1]
+        # an override's error is the cause; a config file's, the context
+        cause = error.__cause__ or error.__context__
+        sentence = None
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and _UNKNOWN_KEY.match(str(cause)):
+            sentence = _unknown_key(str(error), cause)
+        elif isinstance(cause, (ValidationError, ConfigTypeError)) and getattr(cause, "full_key", None):
+            sentence = _wrong_type(str(error), cause)
+        if sentence is None:
+            return " ".join(s.strip().rstrip(".") + "." for s in str(error).splitlines() if s.strip())[:-1]
+        in_file = re.match(r"In '([^']+)': ", str(error))
+        if in_file is None:
+            return sentence
+        group = in_file.group(1).rpartition("/")[0]
+        if group and getattr(cause, "full_key", None) == group:
+            return (f"{in_file.group(1)}.yaml puts its keys under {group}, which the config does not have: start "
+                    "it with the line `# @package _global_` to set keys such as train.* or logger.*")
+        return f"{in_file.group(1)}.yaml: {sentence}"
     if isinstance(error, MissingMandatoryValue):
         key = getattr(error, "full_key", None) or "a setting"
         return f"{key} has no value (it is ??? in the config): add {key}=<value> to the command line"
@@ -117,6 +136,10 @@ def _missing_option(error) -> str:
     return f"{group}={name} names no {group} config{hint}: choose {group}=<one of {', '.join(options)}>"
 
 
+# a key missing from a plain config ("is not in struct") or from one typed by a dataclass ("not in 'Train'")
+_UNKNOWN_KEY = re.compile(r"Key '[^']*' (is not in struct|not in ')")
+
+
 def _unknown_key(message: str, cause) -> str:
     full_key = str(getattr(cause, "full_key", "") or "")
     key = str(getattr(cause, "key", "") or full_key.rpartition(".")[2])
@@ -141,6 +164,41 @@ def _unknown_key(message: str, cause) -> str:
     known = f" (its settings are {', '.join(sorted(keys))})" if keys else ""
     return (f"{shown} names no setting {where}{known}: fix the spelling, or write +{shown} only to add a "
             "setting the code reads")
+
+
+def _wrong_type(message: str, cause) -> str:
+    """A value whose type the config's schema refuses (optsweep.preflight.schema types the run-level keys)."""
+    from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, StringNode
+
+    from optsweep.preflight.render import render
+
+    key = cause.full_key
+    node = getattr(cause, "child_node", None)
+    override = re.match(r"Error merging override (.+)", message)  # as typed, when it came from the command line
+    shown = override.group(1) if override else f"{key}={render(cause.value)}"
+    if isinstance(node, DictConfig) and len(node):
+        first = next(iter(node))
+        return (f"{shown} cannot replace the settings under {key}: set one of them instead, e.g. "
+                f"{key}.{first}={render(node._get_node(first)._value())}")
+    kinds = {BooleanNode: "true or false", IntegerNode: "an integer", FloatNode: "a number", StringNode: "text"}
+    kind = next((text for node_type, text in kinds.items() if isinstance(node, node_type)), None)
+    if kind is None:
+        return f"{shown} is refused ({str(cause.msg).splitlines()[0]}): fix the value of {key}"
+    if isinstance(node, BooleanNode):
+        return f"{shown} must be {kind}: set {key}=true or {key}=false"
+    null = ", or null" if node._is_optional() else ""
+    example = _current_value(node)  # the value the override would have replaced is of the right type
+    if example is None:
+        return f"{shown} is not {kind}: set {key} to {kind}{null}"
+    return f"{shown} must be {kind}: set e.g. {key}={render(example)}{null}"
+
+
+def _current_value(node):
+    """A node's value, its interpolation resolved; None when unset or unresolvable."""
+    try:
+        return None if node._is_missing() else node._dereference_node()._value()
+    except Exception:  # noqa: BLE001 - only an example for the sentence
+        return None
 
 
 def _not_buildable(error, cause) -> str | None:

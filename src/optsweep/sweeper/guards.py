@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.training.validate import device_count
+from optsweep.preflight import device_count
 
 # Lightning's registered strategy names that launch by re-running the script
 _RELAUNCHING_NAMES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",

@@ -32,6 +32,12 @@ from optsweep.models.llama import flops_per_token
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
+def completes_optimizer_step(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended was the last micro batch of an optimizer step (call it from
+    ``on_train_batch_end``). Lightning's fit loop is the one that knows; it has no public accessor."""
+    return not trainer.fit_loop._should_accumulate()
+
+
 def detect_peak_flops() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -186,7 +192,7 @@ class DivergenceGuard(L.Callback):
             return
         loss = loss.detach().float()
         self._step_sum = loss if self._step_sum is None else self._step_sum + loss
-        if trainer.fit_loop._should_accumulate():
+        if not completes_optimizer_step(trainer):
             return
         step = trainer.global_step
         step_loss, self._step_sum = self._step_sum, None
@@ -303,11 +309,11 @@ class GracefulShutdown(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         received = self.received
         if trainer.world_size > 1:  # every rank must stop at the same step: agree every 10 steps
-            if trainer.global_step % 10 or trainer.fit_loop._should_accumulate():
+            if trainer.global_step % 10 or not completes_optimizer_step(trainer):
                 return
             flag = torch.tensor(float(received or 0), device=pl_module.device)
             received = int(trainer.strategy.reduce(flag, reduce_op="max").item()) or None
-        if received is None or trainer.fit_loop._should_accumulate():
+        if received is None or not completes_optimizer_step(trainer):
             return
         # Lightning calls the module's own on_train_batch_end after the callbacks': let it log this step
         # first (it does so once per step), and never save a diverged state as the last good one.

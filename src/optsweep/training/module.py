@@ -21,6 +21,7 @@ from torch import nn
 from optsweep import metric_names
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import state_bytes
+from optsweep.training.callbacks import completes_optimizer_step
 
 
 class LlamaLitModule(L.LightningModule):
@@ -51,7 +52,6 @@ class LlamaLitModule(L.LightningModule):
         self.tokens_seen = 0  # nominal tokens incl. padding, summed over ranks (known without a sync)
         self.tokens_seen_nonpad = torch.zeros((), dtype=torch.long)  # this rank's non-pad tokens
         self._val_sums: torch.Tensor | None = None
-        self._last_step = -1
         self._step_loss: torch.Tensor | None = None
         self._step_micro_batches = 0
         self.optimizer_state_bytes: int | None = None
@@ -116,14 +116,10 @@ class LlamaLitModule(L.LightningModule):
         self.log(metric_names.TRAIN_LOSS, loss, prog_bar=True, logger=False)
         return loss
 
-    def on_train_start(self) -> None:
-        self._last_step = self.trainer.global_step  # also right after a resume
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if not completes_optimizer_step(self.trainer):
+            return
         step = self.trainer.global_step
-        if step == self._last_step:
-            return  # a gradient-accumulation micro batch, not an optimizer step
-        self._last_step = step
         if step == 1:
             self._log_sizes()
         if step % max(1, self.trainer.log_every_n_steps) == 0 or step == self.trainer.max_steps:

@@ -1,8 +1,9 @@
 """Assemble one run from the resolved config, fit it, return the objective (final validation loss).
 
-The path of a run, top to bottom: validate the config -> budget (accumulation, steps, warmup) -> data ->
-model + optimizer + schedule (LightningModule) -> loggers and callbacks -> Trainer -> evaluate at start ->
-fit -> final evaluation -> objective. A diverged run returns +inf so that sweeps can rank it.
+The path of a run, top to bottom: check the config (optsweep.preflight) -> budget (accumulation, steps,
+warmup) -> data -> model + optimizer + schedule (LightningModule) -> loggers and callbacks -> Trainer ->
+evaluate at start -> fit -> final evaluation -> objective. A diverged run returns +inf so that sweeps can
+rank it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optsweep import metric_names, tracking
 from optsweep.models.llama import build_llama, count_parameters
 from optsweep.optim.registry import optimizer_factory
+from optsweep.preflight import check_config, check_vocabulary, world_size
 from optsweep.training.budget import Budget, BudgetError, resolve_budget
 from optsweep.training.callbacks import DivergenceError, GracefulShutdown, Interrupted, SkippedLinesMonitor
 from optsweep.training.checkpoint_io import (
@@ -28,7 +30,6 @@ from optsweep.training.checkpoint_io import (
     read_checkpoint_meta,
 )
 from optsweep.training.module import LlamaLitModule
-from optsweep.training.validate import check_config, check_vocabulary, world_size
 
 log = logging.getLogger(__name__)
 
