@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial, TrialState
 
-from optsweep.sweeper import guards
+from optsweep.preflight import multirun
 from optsweep.sweeper.search_space import SearchSpace, parse_param
 from optsweep.sweeper.study import default_study_name
 from optsweep.sweeper.trials import objective_values
@@ -142,7 +142,7 @@ def test_strategies_that_relaunch_the_script_are_refused():
     from omegaconf import OmegaConf
 
     def blocker(strategy, devices=1):
-        return guards.multirun_blocker(OmegaConf.create({"strategy": strategy, "trainer": {"devices": devices}}))
+        return multirun.multirun_blocker(OmegaConf.create({"strategy": strategy, "trainer": {"devices": devices}}))
 
     ddp = "lightning.pytorch.strategies.DDPStrategy"
     assert "use strategy=ddp_spawn" in blocker({"_target_": ddp, "name": "ddp"})

@@ -11,6 +11,7 @@ alone, before data, loggers or checkpoints are touched:
 - ``keys``: keys added with ``+`` that nothing reads;
 - ``values``: the ranges of the run's numbers, and what one implies for another;
 - ``devices``: the trainer against the machine (accelerator, precision, devices, nodes);
+- ``multirun``: under ``-m``, no strategy that relaunches the script (the Optuna sweeper asks it too);
 - ``optimizer``: its options, their types and ranges, and the optimizer built on the model's shapes;
 - ``model``: the model buildable on the meta device, its sequence length and vocabulary;
 - ``memory``: whether its weights and gradients can fit at all;
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from optsweep.preflight.devices import check_devices, check_multirun, check_trainer, device_count, world_size
+from optsweep.preflight.devices import check_devices, check_trainer, device_count, world_size
 from optsweep.preflight.keys import check_keys, check_schema_keys
 from optsweep.preflight.memory import check_memory
 from optsweep.preflight.model import check_sequence_length, check_vocabulary, stand_in_model
+from optsweep.preflight.multirun import check_multirun
 from optsweep.preflight.optimizer import check_optimizer, check_optimizer_builds, check_optimizer_values
 from optsweep.preflight.schema import register_schema
 from optsweep.preflight.values import check_data, check_scheduler, check_train

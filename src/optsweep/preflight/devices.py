@@ -7,7 +7,7 @@ import os
 import typing
 from functools import lru_cache
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from optsweep.errors import ConfigError
 from optsweep.preflight.fields import is_int, is_number, require_integer, require_one_of
@@ -133,17 +133,3 @@ def check_devices(trainer: DictConfig) -> None:
                 f"trainer.devices={devices} on CPU starts {count} training processes but this machine has {cores} "
                 f"CPU core(s): set trainer.devices={cores} or fewer"
             )
-
-
-def check_multirun(cfg: DictConfig, hydra_cfg) -> None:
-    """Under ``-m`` with Hydra's in-process launcher, refuse strategies that relaunch the script (each
-    rank would re-run the whole sweep); the Optuna sweeper checks the same before its first trial."""
-    from optsweep.sweeper.guards import multirun_blocker
-
-    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
-    if launcher and not launcher.endswith("BasicLauncher"):
-        return
-    choice = OmegaConf.select(hydra_cfg, "runtime.choices.strategy", default=None)
-    blocker = multirun_blocker(cfg, choice)
-    if blocker:
-        raise ConfigError(blocker.rstrip("."))

@@ -36,8 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from optsweep import errors, services
+from optsweep.preflight import multirun
 from optsweep.sweeper import attrs as attr_names
-from optsweep.sweeper import context, guards, replicates
+from optsweep.sweeper import context, replicates
 from optsweep.sweeper.context import machine as _machine
 from optsweep.sweeper.mlflow_parent import SweepRun
 from optsweep.sweeper.search_space import SearchSpace, SweepConfigError
@@ -78,11 +79,11 @@ class OptunaSweep:
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> dict[str, Any]:
-        if guards.relaunched_child():
+        if multirun.relaunched_child():
             raise RuntimeError("this process is a relaunched training rank, not a sweeper: "
-                               + (guards.multirun_blocker(self.config) or "use strategy=ddp_spawn for sweeps"))
+                               + (multirun.multirun_blocker(self.config) or "use strategy=ddp_spawn for sweeps"))
         if self.in_process:
-            blocker = guards.multirun_blocker(
+            blocker = multirun.multirun_blocker(
                 self.config, OmegaConf.select(self.config, "hydra.runtime.choices.strategy", default=None))
             if blocker:
                 raise SweepConfigError(blocker)
@@ -294,7 +295,7 @@ class OptunaSweep:
     def _check_composes(self, overrides: list[str]) -> None:
         composed = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         if self.in_process:
-            blocker = guards.multirun_blocker(
+            blocker = multirun.multirun_blocker(
                 composed, OmegaConf.select(composed, "hydra.runtime.choices.strategy", default=None))
             if blocker:
                 raise SweepConfigError(blocker)

@@ -1,4 +1,5 @@
-"""Refuse, before the first trial, a multirun whose training strategy relaunches the script.
+"""Refuse, before the first trial, a multirun whose training strategy relaunches the script (checked by
+``run.py`` under ``-m`` and by the Optuna sweeper).
 
 Checked only when jobs run inside the sweeper's process (Hydra's basic launcher); a launcher that starts
 each job as its own process (submitit) does not have the problem.
@@ -15,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.preflight import device_count
+from optsweep.errors import ConfigError
+from optsweep.preflight.devices import device_count
 
 # Lightning's registered strategy names that launch by re-running the script
 _RELAUNCHING_NAMES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",
@@ -74,3 +76,15 @@ def multirun_blocker(config: DictConfig, choice: str | None = None) -> str | Non
 def relaunched_child() -> bool:
     """True in a process Lightning (or torchrun) started as a non-zero rank: it must not sweep."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0"
+
+
+def check_multirun(cfg: DictConfig, hydra_cfg) -> None:
+    """Under ``-m`` with Hydra's in-process launcher, refuse strategies that relaunch the script (each
+    rank would re-run the whole sweep); the Optuna sweeper checks the same before its first trial."""
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
+    if launcher and not launcher.endswith("BasicLauncher"):
+        return
+    choice = OmegaConf.select(hydra_cfg, "runtime.choices.strategy", default=None)
+    blocker = multirun_blocker(cfg, choice)
+    if blocker:
+        raise ConfigError(blocker.rstrip("."))
