@@ -1,7 +1,7 @@
 """The memory report against the paper's table, cell by cell, and its parts against hand counts.
 
-The paper's numbers are transcribed here again (from docs/paper-facts.md), not imported, so a typo in the
-report's own copy fails a test. Cells the paper gets wrong by its own rule are asserted at the values the
+The paper's numbers are transcribed here again from its tables (arXiv 2506.16659 v2), not imported, so a
+typo in the report's own copy fails a test. Cells the paper gets wrong by its own rule are asserted at the values the
 documented explanation gives, for both conventions.
 """
 

@@ -461,13 +461,60 @@ def test_sweeps_tune_or_tie_every_learning_rate(sweep):
             assert tied or (entry is not None and entry.distribution is not None), (sweep, name, key)
 
 
-def test_ready_sweeps_cover_every_optimizer():
-    """Every optimizer config has its lr sweep and is a choice of all_optimizers (a new one is enrolled)."""
+def _learning_rates(optimizer: str) -> dict:
+    """The yaml's learning-rate options other than lr (a text value such as adjust_lr: original is a mode)."""
+    options = OmegaConf.load(REPO / "conf" / "optimizer" / f"{optimizer}.yaml")
+    return {k: options[k] for k in options if k.endswith("_lr") and not isinstance(options[k], str)}
+
+
+def test_every_optimizer_has_a_fair_ready_sweep():
+    """Each optimizer config is swept with every learning rate tuned or tied: by its own lr_<name> (or
+    SCALE's sweeps), or, when optimizer.lr is its only untied one, by the generic `sweep=lr optimizer=<name>`
+    (so a new optimizer is swept with no other file). all_optimizers names only optimizers that exist."""
     optimizers = {path.stem for path in (REPO / "conf" / "optimizer").glob("*.yaml")}
-    assert {f"lr_{name}" for name in optimizers - {"scale"}} <= set(SWEEPS)
-    assert {"scale_lr_momentum", "scale_normalization_ablation", "all_optimizers"} <= set(SWEEPS)
+    for name in sorted(optimizers):
+        own = f"lr_{name}" in SWEEPS or name == "scale"
+        untied = [k for k, v in _learning_rates(name).items() if v is not None]
+        assert own or not untied, f"{name}: sweep=lr would leave {untied} fixed, and it has no lr_{name} sweep"
+    assert {"lr", "scale_lr_momentum", "scale_normalization_ablation", "all_optimizers"} <= set(SWEEPS)
     variants = OmegaConf.load(REPO / "sweeps" / "sweep" / "all_optimizers.yaml").hydra.sweeper.variants
-    assert {v.optimizer for v in variants.values()} == optimizers
+    assert {v.optimizer for v in variants.values()} <= optimizers
+
+
+def test_the_space_names_each_learning_rate_a_sweep_leaves_fixed():
+    """Hand-made spaces: Muon's adam_lr left fixed is named, tuned or tied (null) it is not; a grid at given
+    lrs is not a tuned lr; a variant's optimizer is read from its bundle."""
+    muon = {"name": "muon", "lr": 0.02, "adam_lr": 3e-4, "adjust_lr": "original"}
+    swan = {"name": "swan", "lr": 1e-3, "adam_lr": None}
+    options = {None: muon, "muon": muon, "swan": swan}.get
+
+    def left(params, variants=None):
+        return SearchSpace.build(params, variants, [])[0].left_fixed_rates(options)
+
+    tuned = "tag(log, interval(1e-4, 1e-2))"
+    assert left({"optimizer.lr": tuned}) == [("adam_lr", "muon")]
+    assert left({"optimizer.lr": tuned, "optimizer.adam_lr": tuned}) == []
+    assert left({"optimizer.lr": tuned, "optimizer.adam_lr": "null"}) == []
+    assert left({"optimizer.lr": tuned, "optimizer.adam_lr": 1e-3}) == [("adam_lr", "muon")]
+    assert left({"optimizer.lr": "choice(0.01, 0.02)"}) == [("adam_lr", "muon")]  # a categorical lr is tuned
+    assert left({"optimizer.lr": 0.02}) == []
+    assert left(None, {"a": {"optimizer": "swan", "optimizer.lr": tuned},
+                       "b": {"optimizer": "muon", "optimizer.lr": tuned}}) == [("adam_lr", "muon")]
+
+
+@pytest.mark.skipif(not (REPO / "run.py").exists(), reason="needs run.py")
+def test_run_py_refuses_a_sweep_that_leaves_a_learning_rate_fixed(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPTSWEEP_")}, "PROJECT_ROOT": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "sweep=lr", "optimizer=muon",
+                           "experiment=quickstart"], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [("error: the sweep tunes optimizer.lr but leaves optimizer.adam_lr of muon fixed, a learning "
+                     "rate that moves weights too: tune it as well ('optimizer.adam_lr=tag(log, interval(<low>, "
+                     "<high>))'), tie it to lr (optimizer.adam_lr=null) or use muon's own sweep in sweeps/sweep/")], \
+        done.stderr[-2000:]
+    assert not (tmp_path / "outputs" / "optuna.db").exists(), "refused before any study"
 
 
 def metric_history(root: Path, run_id: str, metric: str) -> dict[int, list[float]]:

@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / ".whl"
 PYTHON = sys.executable
-# The paper's model + optimizer memory at 350M (GB): SCALE 0.80, Adam 2.21 (paper-facts.md).
+# The paper's model + optimizer memory at 350M (GB): SCALE 0.80, Adam 2.21 (arXiv 2506.16659 v2, main table).
 PAPER_SCALE_OVER_ADAM_350M = 0.80 / 2.21
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 ENVIRONMENT_PROBE = """

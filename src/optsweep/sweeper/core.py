@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from optsweep import errors, services
+from optsweep.paths import CONF_DIR
 from optsweep.preflight import multirun
 from optsweep.sweeper import attrs as attr_names
 from optsweep.sweeper import context, replicates
@@ -89,6 +90,13 @@ class OptunaSweep:
                 raise SweepConfigError(blocker)
 
         space, passthrough = SearchSpace.build(self.params, self.variants, arguments)
+        left_fixed = space.left_fixed_rates(self._optimizer_options)
+        if left_fixed:
+            key, name = left_fixed[0]
+            raise SweepConfigError(
+                f"the sweep tunes optimizer.lr but leaves optimizer.{key} of {name} fixed, a learning rate that "
+                f"moves weights too: tune it as well ('optimizer.{key}=tag(log, interval(<low>, <high>))'), tie "
+                f"it to lr (optimizer.{key}=null) or use {name}'s own sweep in sweeps/sweep/")
         study_name = self.study_name or default_study_name(arguments)
         self.grid = space.grid() if self.sampler_cfg._target_.endswith("GridSampler") else None
         if self.grid:
@@ -291,6 +299,15 @@ class OptunaSweep:
             raise errors.ServiceUnreachableError(
                 f"{unreachable}; the sweep stopped (its unstarted trials wait): run the same command again to continue it")
         return list(raised.values())
+
+    def _optimizer_options(self, name: str | None) -> dict[str, Any]:
+        """The options of optimizer ``name`` as conf/optimizer/ sets them; None: this run's composed optimizer.
+        Unresolved (an interpolation such as ``total_T: ${train.max_steps}`` stays text)."""
+        if name is None:
+            node = OmegaConf.select(self.config, "optimizer", default=None)
+            return OmegaConf.to_container(node) if isinstance(node, DictConfig) else {}
+        path = CONF_DIR / "optimizer" / f"{name}.yaml"
+        return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
 
     def _check_composes(self, overrides: list[str]) -> None:
         composed = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

@@ -15,7 +15,7 @@ sampled only when their variant is picked, so each variant has its own range (a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +163,28 @@ class SearchSpace:
         if not grid:
             raise SweepConfigError("the grid sampler needs at least one choice() or range() parameter")
         return grid
+
+    def left_fixed_rates(self, options_of: Callable[[str | None], Mapping[str, Any]]) -> list[tuple[str, str]]:
+        """Where ``optimizer.lr`` is tuned, each other learning rate of that optimizer (an ``*_lr`` option such
+        as Muon's ``adam_lr``) that is neither tuned nor tied to it (null), as (key, optimizer name).
+        A comparison is fair only if every rate that moves weights gets the same search. ``options_of(name)``
+        gives an optimizer's options; None names the config's own (no ``optimizer`` override in the space)."""
+        fixed = []
+        for bundle in [{p.key: p for p in b} for b in self.variants.values()] or [{}]:
+            entries = {p.key: p for p in self.params} | bundle
+            lr = entries.get("optimizer.lr")
+            if lr is None or lr.distribution is None:
+                continue  # lr itself not searched (e.g. a grid at given lrs): nothing to keep in step
+            chosen = entries.get("optimizer")
+            options = options_of(chosen.fixed if chosen is not None else None)
+            for key, value in options.items():
+                if not key.endswith("_lr") or isinstance(value, str):  # a mode such as adjust_lr: original
+                    continue
+                entry = entries.get(f"optimizer.{key}")
+                tied = entry.fixed == "null" if entry is not None else value is None
+                if not tied and (entry is None or entry.distribution is None):
+                    fixed.append((key, str(options.get("name") or chosen.fixed)))
+        return fixed
 
     def describe(self) -> dict[str, str]:
         rows = {p.key: p.expression for p in self.params}

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from optsweep import metric_names
 from optsweep.models.llama import flops_per_token
 
-# Dense bf16 peak FLOP/s per device. Lightning's own table misses current GPU names (platform-notes.md),
+# Dense bf16 peak FLOP/s per device. Lightning's own table misses current GPU names,
 # so the config may set `throughput.peak_flops` explicitly; this table is only the fallback.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
