@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and the data modules follow the data's path forward only."""
+"""The package's import graph: no cycles, each part imports only the parts below it (docs/architecture.md),
+and the data modules follow the data's path forward only."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+# What each part of optsweep may import (docs/architecture.md, "Components"); a part not listed imports none.
+ALLOWED = {
+    "data": {"errors", "paths"},
+    "optim": {"errors", "paths"},
+    "services": {"errors"},
+    "tracking": {"optim", "paths"},
+    "preflight": {"data", "errors", "models", "optim"},
+    "sweeper": {"errors", "metric_names", "paths", "preflight", "services"},
+    "report": {"config", "errors", "metric_names", "models", "optim", "paths"},
+    "training": {"config", "data", "errors", "metric_names", "models", "optim", "paths", "preflight", "sweeper",
+                 "tracking"},
+}
 
 # A token's path, shard to batch: each module may import only the ones before it.
 DATA_PATH = ["shardfile", "c4", "documents", "rows", "stream", "validation", "loader", "datamodule"]
@@ -71,6 +85,15 @@ def test_no_module_imports_itself_through_others():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    modules = _modules()
+    part = lambda module: module.split(".")[1] if "." in module else module
+    for name, path in modules.items():
+        for imported in _imports(name, path, modules):
+            if part(imported) != part(name) and imported != "optsweep":
+                assert part(imported) in ALLOWED.get(part(name), set()), f"{name} imports {imported}"
 
 
 def test_the_data_modules_import_only_earlier_hops_of_the_path():

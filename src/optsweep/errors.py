@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from omegaconf import DictConfig, OmegaConf
+
 USER_ERROR_STATUS = 2
 FAILURE_STATUS = 1
 
@@ -22,6 +24,38 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config value the checks before training refuse (optsweep.preflight)."""
+
+
+# ------------------------------------------------------------------ how a value appears in a sentence
+# As the user would type it on the command line, not as Python's repr.
+
+def render(value) -> str:
+    """``[0.9,0.999]``, ``true``, ``null``: what the user would type, not Python's repr."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(render(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def show(node: DictConfig, key: str):
+    """``node[key]`` rendered, or as written when it does not resolve."""
+    try:
+        return render(node.get(key))
+    except Exception:  # noqa: BLE001 - an unresolvable value is still worth naming
+        return OmegaConf.to_container(node, resolve=False).get(key)
+
+
+def render_number(x: float) -> str:
+    """1e-3 rather than 0.001: how learning rates are written on command lines."""
+    if x and abs(x) < 1e-2:
+        mantissa, exponent = f"{x:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:g}"
 
 
 def explain(error: BaseException) -> tuple[str, int]:
@@ -168,9 +202,7 @@ def _unknown_key(message: str, cause) -> str:
 
 def _wrong_type(message: str, cause) -> str:
     """A value whose type the config's schema refuses (optsweep.preflight.schema types the run-level keys)."""
-    from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, StringNode
-
-    from optsweep.preflight.render import render
+    from omegaconf import BooleanNode, FloatNode, IntegerNode, StringNode
 
     key = cause.full_key
     node = getattr(cause, "child_node", None)

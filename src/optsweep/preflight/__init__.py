@@ -16,7 +16,7 @@ alone, before data, loggers or checkpoints are touched:
 - ``model``: the model buildable on the meta device, its sequence length and vocabulary;
 - ``memory``: whether its weights and gradients can fit at all;
 
-with ``fields`` (the one-field rules they share) and ``render`` (how a value shows in a sentence).
+with ``fields`` (the one-field rules they share); ``optsweep.errors.render`` shows a value in a sentence.
 
 Heavy imports (torch, Lightning, the optimizer registry) happen inside the checks that need them:
 ``check_values`` refuses a bad number before they cost their seconds.

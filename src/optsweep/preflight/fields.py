@@ -7,8 +7,7 @@ import math
 
 from omegaconf import DictConfig
 
-from optsweep.errors import ConfigError, closest
-from optsweep.preflight.render import render
+from optsweep.errors import ConfigError, closest, render
 
 
 def is_int(value) -> bool:

@@ -12,8 +12,7 @@ from functools import cache
 
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.errors import ConfigError, closest
-from optsweep.preflight.render import show
+from optsweep.errors import ConfigError, closest, show
 
 # Trainer arguments train.py derives or passes itself: a value under trainer.* would be overridden.
 DERIVED_TRAINER = {

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.errors import ConfigError, UserError, closest, one_line
+from optsweep.errors import ConfigError, UserError, closest, one_line, render, render_number, show
 from optsweep.preflight.fields import is_int, is_number
-from optsweep.preflight.render import render, render_number, show
 
 if typing.TYPE_CHECKING:
     import torch

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from optsweep.errors import ConfigError
+from optsweep.errors import ConfigError, render
 from optsweep.preflight.fields import is_number, require_integer, require_one_of
-from optsweep.preflight.render import render
 
 
 def check_train(cfg: DictConfig) -> None:
