@@ -27,27 +27,30 @@ def _fast_path(params: list[torch.Tensor], fused: bool | None, foreach: bool | N
     return {"fused": fused, "foreach": foreach}
 
 
-def _adam_for_model(
-    cls,
-    model: nn.Module,
-    lr: float = 1e-3,
-    betas: Sequence[float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    fused: bool | None = None,
-    foreach: bool | None = None,
-):
-    """torch's Adam or AdamW over ``model``, with the defaults of the paper's Adam (weight decay 0)."""
-    return cls(role_groups(split_parameters(model)), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-               **_fast_path(list(model.parameters()), fused, foreach))
+class _AdamForModel:
+    """``for_model`` for torch's Adam and AdamW, with the defaults of the paper's Adam (weight decay 0)."""
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool | None = None,
+        foreach: bool | None = None,
+    ):
+        return cls(role_groups(split_parameters(model)), lr=lr, betas=tuple(betas), eps=eps,
+                   weight_decay=weight_decay, **_fast_path(list(model.parameters()), fused, foreach))
 
 
-class AdamW(torch.optim.AdamW):
-    for_model = classmethod(_adam_for_model)
+class AdamW(_AdamForModel, torch.optim.AdamW):
+    pass
 
 
-class Adam(torch.optim.Adam):
-    for_model = classmethod(_adam_for_model)
+class Adam(_AdamForModel, torch.optim.Adam):
+    pass
 
 
 class SGD(torch.optim.SGD):
