@@ -183,7 +183,7 @@ class SearchSpace:
                 entry = entries.get(f"optimizer.{key}")
                 tied = entry.fixed == "null" if entry is not None else value is None
                 if not tied and (entry is None or entry.distribution is None):
-                    fixed.append((key, str(options.get("name") or chosen.fixed)))
+                    fixed.append((key, str(options.get("name") or (chosen.fixed if chosen else "the optimizer"))))
         return fixed
 
     def describe(self) -> dict[str, str]:
