@@ -303,6 +303,33 @@ def test_run_stops_at_a_bad_line_in_one_sentence(tmp_path, tokenizer_dir):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_run_that_skips_bad_lines_logs_how_many(tmp_path, tokenizer_dir):
+    data = tmp_path / "c4"
+    data.mkdir()
+    shutil.copy(tokenizer_dir / c4.shard_name("validation", 0), data)
+    good = [json.dumps(r).encode() for r in records(120, seed=8, words=20)]
+    bad = [b"<html>", b'{"text": 3}', b"{not json"]
+    lines = good[:10] + bad[:1] + good[10:30] + bad[1:] + good[30:]  # all read by step 10 (8 documents a step)
+    (data / c4.shard_name("train", 0)).write_bytes(shard_with_lines(lines))
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "run.py"), "model=llama_tiny", "trainer=cpu", "data=c4_local",
+           f"data.path={data}", f"data.tokenizer={tokenizer_dir}", "data.seq_len=32", "data.num_workers=1",
+           "data.shuffle_buffer=8", "data.val_tokens=500", "data.on_bad_document=skip",
+           "train.total_batch_size=8", "train.micro_batch_size=4", "train.max_steps=12", "train.warmup_steps=2",
+           "train.eval_every_n_steps=100", "trainer.log_every_n_steps=5", "logger=csv", "task_name=skipping"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+
+    rows = []
+    for path in (tmp_path / "outputs").rglob("metrics.csv"):
+        with path.open() as f:
+            rows += [r for r in csv.DictReader(f) if r.get("data/bad_documents_skipped")]
+    logged = {int(r["step"]): float(r["data/bad_documents_skipped"]) for r in rows}
+    assert sorted(logged) == [5, 10, 12], logged  # the logging steps and the last one, as the train loss
+    assert logged[12] == len(bad), logged
+
+
 def test_worker_wrapped_error_becomes_its_sentence():
     from torch._utils import ExceptionWrapper
 

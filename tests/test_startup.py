@@ -1,4 +1,4 @@
-"""A bad train/data/scheduler/optimizer value is refused before torch, Lightning, transformers or MLflow is imported
+"""A bad train/data/scheduler/optimizer/trainer value is refused before torch, Lightning, transformers or MLflow is imported
 (they cost seconds; benchmarks/startup.py measures the whole command)."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ print("heavy:", ",".join(heavy) or "none")
 
 def test_bad_values_are_refused_without_heavy_imports():
     bad = ["train.max_steps=0", "data.seq_len=1", "scheduler.min_lr_ratio=2", "data.row_format=pakced",
-           "optimizer.lr=-1", "optimizer.betas=[0.9,1.0]", "optimizer.weight_decay=abc"]
+           "optimizer.lr=-1", "optimizer.betas=[0.9,1.0]", "optimizer.weight_decay=abc", "trainer.devices=abc",
+           "trainer.log_every_n_steps=0"]
     result = subprocess.run([sys.executable, "-c", PROGRAM, *bad], capture_output=True, text=True, timeout=120,
                             cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -41,5 +42,6 @@ def test_bad_values_are_refused_without_heavy_imports():
     assert [line.split()[1] for line in lines[:-1]] == ["train.max_steps=0", "data.seq_len=1",
                                                          "scheduler.min_lr_ratio=2", "data.row_format=pakced",
                                                          "optimizer.lr=-1", "optimizer.betas[1]=1.0",
-                                                         "optimizer.weight_decay=abc"]
+                                                         "optimizer.weight_decay=abc", "trainer.devices=abc",
+                                                         "trainer.log_every_n_steps=0"]
     assert lines[-1] == "heavy: none"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from optsweep.preflight.devices import check_devices, check_trainer, device_count, world_size
+from optsweep.preflight.devices import check_devices, check_precision, check_trainer, device_count, world_size
 from optsweep.preflight.keys import check_keys, check_schema_keys
 from optsweep.preflight.memory import check_memory
 from optsweep.preflight.model import check_sequence_length, check_vocabulary, stand_in_model
@@ -45,6 +45,7 @@ def check_values(cfg: DictConfig) -> None:
     check_train(cfg)
     check_data(cfg)
     check_scheduler(cfg.get("scheduler"))
+    check_trainer(cfg.trainer)
     check_optimizer_values(cfg.optimizer)
 
 
@@ -56,6 +57,7 @@ def check_config(cfg: DictConfig) -> None:
     check_data(cfg)
     check_scheduler(cfg.get("scheduler"))
     check_trainer(cfg.trainer)
+    check_precision(cfg.trainer)
     check_devices(cfg.trainer)
     check_sequence_length(cfg)
     check_optimizer(cfg.optimizer)

@@ -19,11 +19,6 @@ _PRECISIONS_SHOWN = "32-true, bf16-true, bf16-mixed, 16-mixed, 16-true or 64-tru
 def check_trainer(trainer: DictConfig) -> None:
     require_one_of("trainer.accelerator", trainer.get("accelerator", "auto"), ACCELERATORS, "an accelerator",
                    f"choose trainer=cpu, trainer=gpu or trainer.accelerator=<one of {', '.join(ACCELERATORS)}>")
-    precision = trainer.get("precision")
-    valid = _precisions()
-    if precision is not None and valid:
-        require_one_of("trainer.precision", precision, valid, "a precision Lightning knows",
-                       f"choose trainer.precision=<one of {_PRECISIONS_SHOWN}>")
     devices = trainer.get("devices", "auto")
     if device_count(devices) is None:
         raise ConfigError(f"trainer.devices={devices} must be a positive number of devices, a list of device "
@@ -38,6 +33,15 @@ def check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(f"trainer.gradient_clip_val={clip} must be a non-negative norm: set e.g. "
                           "trainer.gradient_clip_val=1.0, or null to clip nothing")
     require_integer(trainer, "trainer.log_every_n_steps", least=1, example=10)
+
+
+def check_precision(trainer: DictConfig) -> None:
+    """Apart from ``check_trainer``: Lightning's list of precisions costs an import of torch."""
+    precision = trainer.get("precision")
+    valid = _precisions() if precision is not None else ()
+    if valid:
+        require_one_of("trainer.precision", precision, valid, "a precision Lightning knows",
+                       f"choose trainer.precision=<one of {_PRECISIONS_SHOWN}>")
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,14 @@ def completes_optimizer_step(trainer: L.Trainer) -> bool:
     return not trainer.fit_loop._should_accumulate()
 
 
+def is_logging_step(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended completed an optimizer step whose metrics are logged: every
+    ``trainer.log_every_n_steps`` steps and the last one."""
+    step = trainer.global_step
+    return completes_optimizer_step(trainer) and (
+        step % max(1, trainer.log_every_n_steps) == 0 or step == trainer.max_steps)
+
+
 def detect_peak_flops() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -344,10 +352,8 @@ class SkippedLinesMonitor(L.Callback):
     """Logs ``data/bad_documents_skipped`` (summed over ranks) when the data skips bad lines."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % max(1, trainer.log_every_n_steps) or getattr(self, "_logged_at", None) == step:
+        if not is_logging_step(trainer):
             return
-        self._logged_at = step
         # every rank reads the whole validation split: count its bad lines once
         count = torch.tensor(float(trainer.datamodule.bad_lines_skipped(trainer.is_global_zero)))
         if trainer.world_size > 1:

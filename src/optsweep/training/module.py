@@ -21,7 +21,7 @@ from torch import nn
 from optsweep import metric_names
 from optsweep.models.llama import ModelSpec, build_llama
 from optsweep.optim.groups import state_bytes
-from optsweep.training.callbacks import completes_optimizer_step
+from optsweep.training.callbacks import completes_optimizer_step, is_logging_step
 
 
 class LlamaLitModule(L.LightningModule):
@@ -122,7 +122,7 @@ class LlamaLitModule(L.LightningModule):
         step = self.trainer.global_step
         if step == 1:
             self._log_sizes()
-        if step % max(1, self.trainer.log_every_n_steps) == 0 or step == self.trainer.max_steps:
+        if is_logging_step(self.trainer):
             self._log_progress()
         self._step_loss, self._step_micro_batches = None, 0
 
