@@ -8,6 +8,7 @@ from the start), never from the reader under test.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import itertools
@@ -319,8 +320,6 @@ def test_run_that_skips_bad_lines_logs_how_many(tmp_path, tokenizer_dir):
            "train.eval_every_n_steps=100", "trainer.log_every_n_steps=5", "logger=csv", "task_name=skipping"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    import csv
-
     rows = []
     for path in (tmp_path / "outputs").rglob("metrics.csv"):
         with path.open() as f:

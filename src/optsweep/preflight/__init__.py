@@ -42,10 +42,7 @@ __all__ = ["check_config", "check_multirun", "check_values", "check_vocabulary",
 def check_values(cfg: DictConfig) -> None:
     """The checks that need neither torch nor Lightning: run.py runs them before importing either."""
     check_schema_keys(cfg)
-    check_train(cfg)
-    check_data(cfg)
-    check_scheduler(cfg.get("scheduler"))
-    check_trainer(cfg.trainer)
+    _check_run_numbers(cfg)
     check_optimizer_values(cfg.optimizer)
 
 
@@ -53,10 +50,7 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked from the config alone, before data is read, a model allocated or a
     logger opened (the model and optimizer are built on the meta device: shapes only)."""
     check_keys(cfg)
-    check_train(cfg)
-    check_data(cfg)
-    check_scheduler(cfg.get("scheduler"))
-    check_trainer(cfg.trainer)
+    _check_run_numbers(cfg)
     check_precision(cfg.trainer)
     check_devices(cfg.trainer)
     check_sequence_length(cfg)
@@ -64,3 +58,11 @@ def check_config(cfg: DictConfig) -> None:
     model = stand_in_model(cfg.model)
     check_optimizer_builds(cfg.optimizer, model)
     check_memory(cfg, model)
+
+
+def _check_run_numbers(cfg: DictConfig) -> None:
+    """The run's own numbers (train, data, scheduler, trainer), checked without torch by both entry points."""
+    check_train(cfg)
+    check_data(cfg)
+    check_scheduler(cfg.get("scheduler"))
+    check_trainer(cfg.trainer)
